@@ -1,0 +1,250 @@
+"""The ``lossatlas`` command line: thin Typer commands over the library, Rich progress and errors.
+
+Errors the user can fix (:class:`lossatlas.errors.UserInputError`) print one red line and exit 2.
+Ctrl-C keeps every finished point; running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lossatlas import __version__
+from lossatlas.directions import Ignore, Norm
+from lossatlas.errors import UserInputError
+from lossatlas.evaluate import BNPolicy
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lossatlas: loss landscapes of neural networks — surfaces, curvature, paths, studies.")
+console = Console(stderr=True)
+out_console = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn user errors into one red line + exit 2, and Ctrl-C into a resumable stop (exit 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserInputError as exc:
+            console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/yellow] finished points are saved; run the same command "
+                          "again to resume", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A Rich progress bar; yields ``update(done, total)``."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+# -- shared option types --------------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", help="zoo:NAME[:k=v,...], file.py:function or module:function.")]
+DataOpt = Annotated[str, typer.Option("--data", help="mnist1d, digits, teacher, xor, jellyfish, spirals, "
+                                                     "file.npz, file.py:function or module:function.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Weights (.safetensors or .pt).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; stored with the result.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
+LossOpt = Annotated[str, typer.Option("--loss", help="cross_entropy, mse, or module:function (per-sample).")]
+BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: eval, recompute or states.")]
+OutStoreOpt = Annotated[Path, typer.Option("--out", help="Result store (a .zarr directory).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store of another run.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserInputError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    return device
+
+
+def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """Dataset, model (checkpoint loaded) and provenance strings for a command."""
+    from lossatlas.data import load_data
+    from lossatlas.models import build_model
+    from lossatlas.params import file_sha256, load_checkpoint
+
+    data = load_data(data_spec)
+    model = build_model(model_spec, input_shape=data.input_shape, output_dim=data.output_dim, seed=model_seed)
+    provenance: dict[str, Any] = {"model": model_spec, "data": data_spec, "model_seed": model_seed}
+    if checkpoint is not None:
+        model = load_checkpoint(model, checkpoint)
+        provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+    return data, model, provenance
+
+
+@app.command()
+@user_errors
+def train(model: ModelOpt, data: DataOpt,
+          out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, metrics.csv).")],
+          epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
+          batch_size: BatchOpt = 128,
+          lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.05,
+          optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+          momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+          weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
+          seed: SeedOpt = 0,
+          save_every: Annotated[int, typer.Option(help="Write a checkpoint every K epochs.")] = 1,
+          loss: LossOpt = "cross_entropy") -> None:
+    """Train a model; writes checkpoints (the initial point included) and metrics.csv to --out."""
+    from lossatlas.train import TrainSpec, list_checkpoints
+    from lossatlas.train import train as run_train
+
+    spec = TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
+                     momentum=momentum, weight_decay=weight_decay, seed=seed, save_every=save_every, loss=loss)
+    dataset, net, provenance = load_problem(model, data, None, model_seed=seed)
+    with progress_bar("training") as update:
+        update(0, epochs)
+        run_train(net, dataset, spec, out, provenance=provenance, progress=lambda e, n, _m: update(e, n))
+    ckpts = list_checkpoints(out)
+    out_console.print(f"wrote {len(ckpts)} checkpoints to {out / 'checkpoints'}; last: {ckpts[-1]}")
+
+
+@app.command()
+@user_errors
+def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
+            x: Annotated[str, typer.Option("--x", help="MIN:MAX:N along the first direction.")] = "-1:1:51",
+            y: Annotated[str | None, typer.Option("--y", help="MIN:MAX:N along a second direction (2D).")] = None,
+            checkpoint: CheckpointOpt = None,
+            norm: Annotated[Norm, typer.Option(help="Direction normalisation.")] = Norm.filter,
+            ignore: Annotated[Ignore, typer.Option(help="biasbn: zero direction for 1-D tensors.")] = Ignore.biasbn,
+            bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
+            seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu") -> None:
+    """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
+    from lossatlas.directions import DirectionSpec
+    from lossatlas.evaluate import EvalSpec
+    from lossatlas.surface import Axis
+    from lossatlas.surface import surface as compute
+
+    x_axis, y_axis = Axis.parse(x, "--x"), (Axis.parse(y, "--y") if y is not None else None)
+    dspec = DirectionSpec(norm=norm, ignore=ignore, seed=seed)
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn)
+    dataset, net, provenance = load_problem(model, data, checkpoint)
+    with progress_bar("surface") as update:
+        ds = compute(net, dataset, x=x_axis, y=y_axis, directions=dspec, eval_spec=espec, out=out,
+                     overwrite=overwrite, provenance=provenance, progress=update, device=_device(device))
+    _summary(ds, out)
+
+
+@app.command()
+@user_errors
+def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
+                checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model A (α = 0).")],
+                checkpoint2: Annotated[Path, typer.Option("--checkpoint2", help="Model B (α = 1).")],
+                x: Annotated[str, typer.Option("--x", help="MIN:MAX:N values of α.")] = "-0.5:1.5:41",
+                bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
+                overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu") -> None:
+    """Loss along the straight line (1 − α) θ_A + α θ_B between two checkpoints (Goodfellow et al.)."""
+    from lossatlas.evaluate import EvalSpec
+    from lossatlas.params import file_sha256, load_checkpoint
+    from lossatlas.surface import Axis
+    from lossatlas.surface import interpolate as compute
+
+    axis = Axis.parse(x, "--x")
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn)
+    dataset, model_a, provenance = load_problem(model, data, checkpoint)
+    model_b = load_checkpoint(model_a, checkpoint2)
+    provenance.update(checkpoint2=str(checkpoint2), checkpoint2_sha256=file_sha256(checkpoint2))
+    with progress_bar("interpolation") as update:
+        ds = compute(model_a, model_b, dataset, x=axis, eval_spec=espec, out=out, overwrite=overwrite,
+                     provenance=provenance, progress=update, device=_device(device))
+    _summary(ds, out)
+
+
+@app.command()
+@user_errors
+def plot(store: Annotated[Path, typer.Argument(help="A store written by surface or interpolate.")],
+         out: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: beside it).")] = None,
+         log: Annotated[bool, typer.Option("--log", help="Log-scale loss.")] = False,
+         vmin: Annotated[float | None, typer.Option(help="Lowest contour level.")] = None,
+         vmax: Annotated[float | None, typer.Option(help="Highest contour level.")] = None,
+         vlevel: Annotated[float | None, typer.Option(help="Spacing of contour levels.")] = None) -> None:
+    """Static PNGs: 1D loss + accuracy on twin axes; 2D contour, filled contour and 3D surface."""
+    from lossatlas.plot import Levels, plot_store
+
+    if vlevel is not None and vlevel <= 0:
+        raise UserInputError(f"--vlevel must be positive, got {vlevel}")
+    for path in plot_store(store, out, log=log, levels=Levels(vmin, vmax, vlevel)):
+        out_console.print(str(path))
+
+
+@app.command()
+@user_errors
+def demo(out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("runs/demo"),
+         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+         grid: Annotated[int, typer.Option(help="Points per side of the 2D surface.")] = 31) -> None:
+    """Train an MLP on MNIST-1D, compute its 2D surface and init→solution interpolation, plot, summarise."""
+    from lossatlas.demo import run_demo
+
+    with progress_bar("demo") as update:
+        summary = run_demo(out, epochs=epochs, grid=grid, progress=update, log=console.print)
+    out_console.print(summary)
+
+
+@app.command()
+def version() -> None:
+    """Print the lossatlas version."""
+    out_console.print(__version__)
+
+
+def _summary(ds: Any, out: Path) -> None:
+    bad = int(ds.attrs.get("nonfinite_points", 0))
+    dims = " × ".join(str(ds.sizes[d]) for d in ds["train_loss"].dims)
+    loss = ds["train_loss"].values
+    finite = loss[~(loss != loss)]
+    low = f"{float(finite.min()):.6g}" if finite.size else "n/a"
+    out_console.print(f"wrote {out} ({dims} points; min train loss {low}; non-finite points: {bad})")
+
+
+def main() -> None:
+    """Console-script entry point: usage errors, like user errors, are one red line and exit 2."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        console.print(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except click.UsageError as exc:
+        hint = f" (see: lossatlas {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
+        console.print(f"[bold red]error:[/bold red] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+        code = 2
+    except click.exceptions.Abort:
+        console.print("[yellow]interrupted[/yellow]")
+        code = 130
+    except UserInputError as exc:  # raised outside a command
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

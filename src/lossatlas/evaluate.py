@@ -1,0 +1,332 @@
+"""The one evaluation engine: metrics at many parameter points, batched over data and over points.
+
+Every feature that needs "the loss at these parameter points" (surfaces, interpolations, curves,
+convexity maps) calls :class:`Evaluator`. The value at a point is the sample-weighted mean over the
+whole split (an uneven last batch is weighted by its size), accumulated in float64.
+
+Points are evaluated several at a time with ``torch.func.vmap`` over stacked parameter dicts; the
+result equals a naive per-point loop (:meth:`Evaluator.evaluate_one`) to float rounding.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vmap
+
+from lossatlas.errors import UserInputError
+from lossatlas.params import (
+    ParamDict,
+    buffers_of,
+    float_buffer_names,
+    functional_forward,
+    parameters_of,
+    private_copy,
+    stack_points,
+)
+
+if TYPE_CHECKING:
+    from lossatlas.data import Dataset
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""Per-sample loss: ``(output (B, C), target (B, ...)) -> (B,)``."""
+
+
+class BNPolicy(str, Enum):
+    """How BatchNorm statistics are treated at a perturbed point."""
+
+    eval = "eval"
+    """Use the model's running statistics unchanged (default)."""
+    recompute = "recompute"
+    """Re-estimate running statistics at every point from training batches, then evaluate."""
+    states = "states"
+    """Treat running statistics as parameters: directions perturb them too (Li et al.'s 'states')."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How points are evaluated.
+
+    Attributes:
+        loss: ``cross_entropy``, ``mse`` or a ``module:function`` / ``file.py:function`` returning
+            per-sample losses ``(B,)`` from ``(output, target)``.
+        batch_size: samples per forward pass.
+        bn: :class:`BNPolicy`.
+        splits: which splits to evaluate (``train``, ``test``; missing test splits are skipped).
+        memory_bytes: budget for one vmapped pass; decides how many points share a forward pass.
+        bn_batches: training batches used to re-estimate BN statistics (``recompute``); 0 = all.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int = 1000
+    bn: BNPolicy = BNPolicy.eval
+    splits: tuple[str, ...] = ("train", "test")
+    memory_bytes: int = 1 << 30
+    bn_batches: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "bn", BNPolicy(self.bn))
+        except ValueError:
+            raise UserInputError(f"--bn must be one of eval, recompute, states; got '{self.bn}'") from None
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserInputError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.memory_bytes < 1 << 20:
+            raise UserInputError("the memory budget must be at least 1 MiB")
+        bad = [s for s in self.splits if s not in ("train", "test")]
+        if bad:
+            raise UserInputError(f"unknown split '{bad[0]}'; use train or test")
+
+
+def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def _mse(out: Tensor, y: Tensor) -> Tensor:
+    if y.dtype in (torch.int64, torch.int32):
+        y = F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return ((out - y.reshape(out.shape)) ** 2).mean(dim=-1)
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
+
+
+def load_callable(spec: str, what: str) -> Callable[..., object]:
+    """Resolve ``path/file.py:function`` or ``package.module:function`` (one-line errors)."""
+    if ":" not in spec:
+        raise UserInputError(f"{what} '{spec}' is not of the form module:function or file.py:function")
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise UserInputError(f"{what} file '{path}' does not exist")
+            mod_spec = importlib.util.spec_from_file_location(f"_lossatlas_user_{path.stem}", path)
+            assert mod_spec is not None and mod_spec.loader is not None
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except UserInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code failing to import is the user's to fix
+        raise UserInputError(f"cannot import {what} '{target}': {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UserInputError(f"{what} '{target}' has no function '{name}'")
+    return fn
+
+
+def resolve_loss(spec: str) -> LossFn:
+    """A per-sample loss from its name or ``module:function`` spec."""
+    if spec in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[spec]
+    if ":" not in spec:
+        raise UserInputError(f"unknown loss '{spec}'; use cross_entropy, mse or module:function")
+    return load_callable(spec, "loss")  # type: ignore[return-value]
+
+
+def _activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:
+    """Sum of output sizes of every leaf module for one sample (a memory estimate for vmap)."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total
+        if isinstance(out, Tensor):
+            total += out[0].numel() if out.dim() > 0 else 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total, 1)
+
+
+class Evaluator:
+    """Loss and accuracy of one model on one dataset at any parameter point.
+
+    The user's model is deep-copied once; it is never mutated. θ is the copy's parameters (plus float
+    buffers under ``bn=states``).
+
+    Args:
+        model: an ``nn.Module`` (weights already loaded).
+        data: a :class:`lossatlas.data.Dataset`.
+        spec: :class:`EvalSpec`.
+        device: where to evaluate (``"cpu"``, ``"cuda"``, ...).
+    """
+
+    def __init__(self, model: nn.Module, data: Dataset, spec: EvalSpec | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.spec = spec or EvalSpec()
+        self.device = torch.device(device)
+        self.model = private_copy(model).to(self.device)
+        self.loss_fn = resolve_loss(self.spec.loss)
+        self.classification = data.task == "classification"
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        for split in self.spec.splits:
+            if split == "test" and data.x_test is None:
+                continue
+            x, y = data.split(split)
+            self.splits[split] = (x.to(self.device), y.to(self.device))
+        self.buffers = {k: v.to(self.device) for k, v in buffers_of(self.model).items()}
+        self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self._per_sample = _activation_numel_per_sample(self.model, self.splits["train"][0])
+
+    # -- the point we perturb ------------------------------------------------------------------
+    def theta(self) -> ParamDict:
+        """θ of the model: parameters, plus float buffers under the BN ``states`` policy."""
+        theta = parameters_of(self.model)
+        if self.spec.bn is BNPolicy.states:
+            for name in float_buffer_names(self.model):
+                theta[name] = self.buffers[name].clone()
+        return theta
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Names of the metrics returned, e.g. ``train_loss, train_accuracy, test_loss, ...``."""
+        names = []
+        for split in self.splits:
+            names.append(f"{split}_loss")
+            if self.classification:
+                names.append(f"{split}_accuracy")
+        return names
+
+    def points_per_pass(self, batch_size: int | None = None) -> int:
+        """How many points fit in one vmapped forward pass under the memory budget."""
+        b = batch_size or self.spec.batch_size
+        n_params = sum(t.numel() for t in self.theta().values())
+        per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
+        return max(1, min(256, self.spec.memory_bytes // max(per_point, 1)))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _batch_totals(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-point sums of loss and correct predictions over one batch; ``out`` is (P, B, C)."""
+        p, b = out.shape[:2]
+        flat_out = out.reshape(p * b, *out.shape[2:])
+        flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
+        losses = self.loss_fn(flat_out, flat_y).reshape(p, b).double().sum(dim=1)
+        if self.classification:
+            correct = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b).double().sum(dim=1)
+        else:
+            correct = torch.zeros(p, dtype=torch.float64, device=out.device)
+        return losses, correct
+
+    @torch.no_grad()
+    def evaluate_stacked(self, stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Metrics at P points given stacked parameters ``{name: (P, *shape)}``; returns ``{metric: (P,)}``.
+
+        Under ``bn=recompute`` points are evaluated one by one (statistics are re-estimated per point).
+        """
+        if self.spec.bn is BNPolicy.recompute and self.has_bn:
+            p = next(iter(stacked.values())).shape[0]
+            rows = [self.evaluate_one({k: v[i] for k, v in stacked.items()}) for i in range(p)]
+            return {m: torch.tensor([r[m] for r in rows], dtype=torch.float64) for m in self.metric_names}
+        buffers = {k: v for k, v in self.buffers.items() if k not in stacked}
+
+        def forward(point: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            return functional_forward(self.model, point, buffers, x)
+
+        batched = vmap(forward, in_dims=(0, None))
+        results: dict[str, Tensor] = {}
+        for split, (x, y) in self.splits.items():
+            n = x.shape[0]
+            loss_sum: Tensor | float = 0.0
+            correct_sum: Tensor | float = 0.0
+            for start in range(0, n, self.spec.batch_size):
+                xb, yb = x[start:start + self.spec.batch_size], y[start:start + self.spec.batch_size]
+                ls, cs = self._batch_totals(batched(dict(stacked), xb), yb)
+                loss_sum = loss_sum + ls
+                correct_sum = correct_sum + cs
+            results[f"{split}_loss"] = (loss_sum / n).cpu()  # type: ignore[operator]
+            if self.classification:
+                results[f"{split}_accuracy"] = (correct_sum / n).cpu()  # type: ignore[operator]
+        return results
+
+    def evaluate_coords(self, theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
+                        coords: Tensor) -> dict[str, Tensor]:
+        """Metrics at θ + Σᵢ coords[p, i] dᵢ for every row p of ``coords`` (P, m); returns ``{metric: (P,)}``.
+
+        Points are split into groups of :meth:`points_per_pass`; a group's result does not depend on
+        which other groups exist, so a resumed run reproduces an uninterrupted one exactly.
+        """
+        theta = {k: v.to(self.device) for k, v in theta.items()}
+        dirs = [{k: d[k].to(self.device) for k in theta} for d in directions]
+        coords = coords.to(self.device, torch.float64)
+        chunk = self.points_per_pass()
+        parts: list[dict[str, Tensor]] = []
+        for start in range(0, coords.shape[0], chunk):
+            stacked = stack_points(theta, dirs, coords[start:start + chunk])
+            parts.append(self.evaluate_stacked(stacked))
+        return {m: torch.cat([p[m] for p in parts]) for m in self.metric_names}
+
+    @torch.no_grad()
+    def recompute_bn_buffers(self, point: Mapping[str, Tensor]) -> ParamDict:
+        """BN running statistics re-estimated at ``point`` from training batches (cumulative average)."""
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        bn_modules = {n: m for n, m in self.model.named_modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+        for name, _m in bn_modules.items():
+            prefix = f"{name}." if name else ""
+            buffers[prefix + "running_mean"].zero_()
+            buffers[prefix + "running_var"].fill_(1.0)
+            buffers[prefix + "num_batches_tracked"].zero_()
+        momenta = {n: m.momentum for n, m in bn_modules.items()}
+        x, _ = self.splits["train"]
+        n_batches = math.ceil(x.shape[0] / self.spec.batch_size)
+        if self.spec.bn_batches:
+            n_batches = min(n_batches, self.spec.bn_batches)
+        try:
+            for m in bn_modules.values():
+                m.momentum = None  # cumulative moving average over the batches seen
+            self.model.train()
+            for i in range(n_batches):
+                xb = x[i * self.spec.batch_size:(i + 1) * self.spec.batch_size]
+                functional_forward(self.model, point, buffers, xb)
+        finally:
+            self.model.eval()
+            for n, m in bn_modules.items():
+                m.momentum = momenta[n]
+        return buffers
+
+    @torch.no_grad()
+    def evaluate_one(self, point: Mapping[str, Tensor],
+                     buffers: Mapping[str, Tensor] | None = None) -> dict[str, float]:
+        """Metrics at a single point with a plain loop over batches: the reference for batched code.
+
+        ``buffers`` replaces the model's buffers (e.g. the BN statistics of a model being trained).
+        """
+        point = {k: v.to(self.device) for k, v in point.items()}
+        if buffers is not None:
+            buffers = {k: v.to(self.device) for k, v in buffers.items()}
+        elif self.spec.bn is BNPolicy.recompute and self.has_bn:
+            # statistics come from the data at this point, not from θ (even when θ carries them)
+            point = {k: v for k, v in point.items() if k not in self.buffers}
+            buffers = self.recompute_bn_buffers(point)
+        else:
+            buffers = self.buffers
+        out: dict[str, float] = {}
+        for split, (x, y) in self.splits.items():
+            loss_sum, correct_sum, n = 0.0, 0.0, x.shape[0]
+            for start in range(0, n, self.spec.batch_size):
+                xb, yb = x[start:start + self.spec.batch_size], y[start:start + self.spec.batch_size]
+                logits = functional_forward(self.model, point, buffers, xb)
+                loss_sum += float(self.loss_fn(logits, yb).double().sum())
+                if self.classification:
+                    correct_sum += float((logits.argmax(dim=-1) == yb).double().sum())
+            out[f"{split}_loss"] = loss_sum / n
+            if self.classification:
+                out[f"{split}_accuracy"] = correct_sum / n
+        return out

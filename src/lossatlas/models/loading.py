@@ -1,0 +1,177 @@
+"""``--model SPEC``: build a seeded model from the zoo, a Python file, or an importable module.
+
+Spec forms (see :func:`build_model`):
+
+* ``zoo:NAME[:key=value,...]``, e.g. ``zoo:mlp:widths=256-256,activation=tanh``;
+* ``path/to/file.py:function``, the file imported with ``importlib.util.spec_from_file_location``;
+* ``package.module:function``, imported with ``importlib.import_module``.
+
+A user function is called with ``input_shape=...`` and/or ``output_dim=...`` when its signature accepts
+them (by name or through ``**kwargs``), otherwise with no arguments, and must return an ``nn.Module``.
+Everything a user can get wrong raises :class:`~lossatlas.errors.UserInputError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from lossatlas.errors import UserInputError
+from lossatlas.models.zoo import ZOO, build_zoo_model
+
+_SPEC_FORMS = "'zoo:NAME[:key=value,...]', 'path/to/file.py:function' or 'package.module:function'"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of message`` of an exception, for one-line error messages."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _check_shape(input_shape: Sequence[int], output_dim: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise UserInputError(
+            f"input_shape must be a non-empty per-sample shape of positive sizes, got {tuple(input_shape)}"
+        )
+    if int(output_dim) < 1:
+        raise UserInputError(f"output_dim must be at least 1, got {output_dim}")
+    return shape
+
+
+def _import_file(path_text: str) -> ModuleType:
+    """Import a Python file as a fresh module (its folder is on ``sys.path`` while it runs)."""
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise UserInputError(
+            f"model file '{path_text}' not found (looked at {path}); check the path in the spec"
+        )
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    module_name = f"lossatlas_user_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserInputError(f"cannot import '{path_text}' as Python; give a .py file in the spec")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look classes up here
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise UserInputError(f"importing model file '{path_text}' failed: {_one_line(exc)}") from exc
+    finally:
+        if str(path.parent) in sys.path:
+            sys.path.remove(str(path.parent))
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise UserInputError(
+                f"cannot import module '{name}' ({_one_line(exc)}); check the name or add its folder to "
+                "PYTHONPATH"
+            ) from exc
+        raise UserInputError(f"importing module '{name}' failed: {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise UserInputError(f"importing module '{name}' failed: {_one_line(exc)}") from exc
+
+
+def _find_function(module: ModuleType, attribute: str, where: str) -> Callable[..., object]:
+    target: object = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:12]
+            defined = ", ".join(public) or "(nothing callable)"
+            raise UserInputError(f"'{where}' has no function '{attribute}'; it defines: {defined}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UserInputError(f"'{where}:{attribute}' is a {type(target).__name__}, not a function")
+    return target  # type: ignore[return-value]
+
+
+def _call_user_function(
+    function: Callable[..., object], label: str, input_shape: tuple[int, ...], output_dim: int
+) -> nn.Module:
+    """Call with the subset of ``input_shape``/``output_dim`` its signature accepts; check the result."""
+    offered: dict[str, object] = {"input_shape": input_shape, "output_dim": output_dim}
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        kwargs: dict[str, object] = {}
+    else:
+        params = signature.parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {
+            key: value
+            for key, value in offered.items()
+            if takes_any or (key in params and params[key].kind is not inspect.Parameter.POSITIONAL_ONLY)
+        }
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise UserInputError(
+                f"cannot call '{label}' with only input_shape/output_dim ({exc}); give its other parameters "
+                "default values"
+            ) from exc
+    model = function(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserInputError(
+            f"'{label}' returned {type(model).__name__}, not a torch.nn.Module; make it return the model"
+        )
+    return model
+
+
+def _build_unseeded(spec: str, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
+    text = spec.strip()
+    if text.lower().startswith("zoo:"):
+        return build_zoo_model(text[4:], input_shape=input_shape, output_dim=output_dim)
+    target, sep, attribute = text.rpartition(":")
+    if not sep:
+        hint = f"did you mean 'zoo:{text}'? " if text.lower() in ZOO else ""
+        raise UserInputError(f"model spec '{spec}' has no ':'; {hint}use {_SPEC_FORMS}")
+    if not target or not attribute.strip():
+        raise UserInputError(f"model spec '{spec}' needs a module or file and a function; use {_SPEC_FORMS}")
+    attribute = attribute.strip()
+    is_file = target.endswith(".py") or "/" in target or "\\" in target or Path(target).is_file()
+    module = _import_file(target) if is_file else _import_module(target)
+    function = _find_function(module, attribute, target)
+    return _call_user_function(function, f"{target}:{attribute}", input_shape, output_dim)
+
+
+def build_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int, seed: int = 0) -> nn.Module:
+    """Build the model named by ``spec``, with parameters drawn from ``torch.manual_seed(seed)``.
+
+    Args:
+        spec: ``zoo:NAME[:key=value,...]`` (see :data:`lossatlas.models.ZOO`), ``path/to/file.py:function``
+            or ``package.module:function``.
+        input_shape: per-sample input shape without the batch dimension, e.g. ``(40,)`` for MNIST-1D,
+            ``(1, 8, 8)`` for sklearn digits, ``(3, 32, 32)`` for CIFAR.
+        output_dim: number of classes (or regression outputs).
+        seed: seed for parameter initialisation. Construction runs inside ``torch.random.fork_rng``, so
+            the global torch RNG state is untouched and equal seeds give bit-identical ``state_dict``s.
+
+    Returns:
+        The model on CPU, float32, in ``eval()`` mode.
+
+    Raises:
+        UserInputError: malformed spec, unknown zoo model or key, bad value, missing file, module or
+            function, or a function that does not return an ``nn.Module``.
+    """
+    shape = _check_shape(input_shape, output_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _build_unseeded(spec, shape, int(output_dim))
+    return model.to(device="cpu", dtype=torch.float32).eval()

@@ -1,0 +1,82 @@
+"""VGG-9, the plain (shortcut-free) CNN of Li et al. 2018's loss-landscape study.
+
+Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets", Sec. 4 and Fig. 3; code
+``cifar10/models/vgg.py``) build VGG-9 from the VGG recipe of Simonyan & Zisserman 2015 as 7 conv layers
+(64-64-M-128-128-M-256-256-256-M, each conv3x3 + BatchNorm + ReLU) followed by 2 fully connected layers
+(flatten -> Linear(256 * h * w, 256) + BatchNorm1d + ReLU -> Linear(256, classes)).
+
+Departures for small inputs: a 2x2 max-pool (``ceil_mode=True`` as in Li et al.) is only inserted while
+the current spatial size is at least 2, so (1, 8, 8) digits go 8 -> 4 -> 2 -> 1 and (3, 32, 32) CIFAR goes
+32 -> 16 -> 8 -> 4 exactly as in the paper. ``bn=False`` drops every BatchNorm layer. Parameter names
+(``features.0.weight``, ``fc.0.weight``, ``classifier.weight``) follow Li et al.'s code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lossatlas.models.resnet import image_channels
+
+#: Li et al. 2018's VGG-9 feature config: conv widths and "M" for a 2x2 max-pool.
+VGG9_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
+
+
+class VGG(nn.Module):
+    """VGG-style CNN: conv3x3(+BN)+ReLU stack with conditional max-pools, then FC(+BN)+ReLU, then FC.
+
+    Input (N, in_channels, height, width) -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        config: Sequence[int | str],
+        *,
+        in_channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, h, w = in_channels, height, width
+        for item in config:
+            if item == "M":
+                if min(h, w) >= 2:
+                    layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+                    h, w = math.ceil(h / 2), math.ceil(w / 2)
+                continue
+            out_channels = int(item)
+            layers.append(nn.Conv2d(channels, out_channels, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU())
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        fc: list[nn.Module] = [nn.Linear(channels * h * w, channels)]
+        if batch_norm:
+            fc.append(nn.BatchNorm1d(channels))
+        fc.append(nn.ReLU())
+        self.fc = nn.Sequential(*fc)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.flatten(self.features(x), 1)
+        return self.classifier(self.fc(out))
+
+
+def vgg9(*, input_shape: tuple[int, ...], output_dim: int, bn: bool = True) -> nn.Module:
+    """VGG-9 of Li et al. 2018 (7 conv + 2 FC layers); ``bn=False`` removes all BatchNorm layers."""
+    in_channels = image_channels(input_shape, "vgg9")
+    return VGG(
+        VGG9_CONFIG,
+        in_channels=in_channels,
+        height=int(input_shape[1]),
+        width=int(input_shape[2]),
+        num_classes=output_dim,
+        batch_norm=bn,
+    )

@@ -1,0 +1,141 @@
+"""Results on disk: xarray Datasets in zarr, provenance in attrs, region writes for resume.
+
+Layout of a store ``S.zarr``:
+
+* root: an xarray Dataset with coords ``x`` (and ``y``), one float64 variable per metric
+  (``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``, ...) and a bool ``completed``
+  mask; attrs hold provenance (``lossatlas_version``, ``seed``, ``norm``, ``ignore``, ``bn``,
+  ``model``, ``checkpoint_sha256``, ``data``, ``created``, ...) and ``config_hash``.
+* ``directions/<axis>/<parameter name>``: the normalised directions actually used, one zarr array per
+  parameter (read back with :func:`load_directions`).
+
+Points are written as they finish (``to_zarr(region=...)``), values first and the ``completed`` mask
+after, so a run killed at any moment resumes from what is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from lossatlas.errors import UserInputError
+
+COMPLETED = "completed"
+_DIRECTIONS = "directions"
+
+warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A stable hash of a JSON-able configuration (what decides the numbers in a store)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _open_attrs(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - anything unreadable is "not a lossatlas store"
+        return None
+
+
+def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: Sequence[str],
+                  attrs: Mapping[str, Any], chunks: Mapping[str, int], overwrite: bool = False) -> np.ndarray:
+    """Create the store, or reopen it for resume; returns the ``completed`` mask.
+
+    An existing store made by a different configuration (``attrs['config_hash']``) is refused with a
+    one-line error unless ``overwrite``.
+    """
+    path = Path(path)
+    dims = tuple(coords)
+    shape = tuple(len(v) for v in coords.values())
+    if path.exists():
+        old = _open_attrs(path)
+        if overwrite:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        elif old is None or "config_hash" not in old:
+            raise UserInputError(
+                f"'{path}' exists and is not a lossatlas store; choose another --out or pass --overwrite"
+            )
+        elif old["config_hash"] != attrs["config_hash"]:
+            raise UserInputError(
+                f"'{path}' holds a run with a different configuration; choose another --out or pass --overwrite"
+            )
+        else:
+            with xr.open_zarr(path, consolidated=False) as ds:
+                return ds[COMPLETED].values.copy()
+    data_vars = {m: (dims, np.full(shape, np.nan)) for m in metrics}
+    data_vars[COMPLETED] = (dims, np.zeros(shape, dtype=bool))
+    ds = xr.Dataset(data_vars, coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
+                    attrs=dict(attrs))
+    chunk_shape = tuple(chunks[d] for d in dims)
+    encoding = {v: {"chunks": chunk_shape} for v in data_vars}
+    ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False)
+    return np.zeros(shape, dtype=bool)
+
+
+def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
+    """Write finished points: metric values first, then the ``completed`` flags of the same region."""
+    dims = tuple(region)
+    shape = tuple(s.stop - s.start for s in region.values())
+    data = {m: (dims, np.asarray(v, dtype=np.float64).reshape(shape)) for m, v in values.items()}
+    xr.Dataset(data).to_zarr(path, region=dict(region), consolidated=False)
+    done = xr.Dataset({COMPLETED: (dims, np.ones(shape, dtype=bool))})
+    done.to_zarr(path, region=dict(region), consolidated=False)
+
+
+def update_attrs(path: str | Path, **attrs: Any) -> None:
+    """Set root attributes (e.g. ``status``, ``nonfinite_points``)."""
+    zarr.open_group(str(path), mode="a").attrs.update(attrs)
+
+
+def write_directions(path: str | Path, directions: Sequence[Mapping[str, torch.Tensor]],
+                     axes: Sequence[str]) -> None:
+    """Store the normalised directions under ``directions/<axis>/<name>`` (names kept in attrs)."""
+    root = zarr.open_group(str(path), mode="a")
+    group = root.require_group(_DIRECTIONS)
+    for axis, d in zip(axes, directions, strict=True):
+        sub = group.require_group(axis)
+        sub.attrs["names"] = list(d)
+        for name, t in d.items():
+            arr = t.detach().cpu().numpy()
+            z = sub.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)
+            z[...] = arr
+    group.attrs["axes"] = list(axes)
+
+
+def load_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
+    """The normalised directions a store was computed with: one ``{parameter name: tensor}`` per axis."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"store '{path}' does not exist")
+    try:
+        group = zarr.open_group(str(path), mode="r")[_DIRECTIONS]
+    except (KeyError, FileNotFoundError):
+        raise UserInputError(f"store '{path}' holds no directions") from None
+    out = []
+    for axis in group.attrs["axes"]:  # type: ignore[union-attr]
+        sub = group[axis]  # type: ignore[index]
+        out.append({name: torch.from_numpy(np.asarray(sub[name][...])) for name in sub.attrs["names"]})
+    return out
+
+
+def open_surface(path: str | Path) -> xr.Dataset:
+    """Open a lossatlas store as an (in-memory) xarray Dataset with coords ``x`` (and ``y``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"store '{path}' does not exist; pass the --out of a lossatlas run")
+    try:
+        with xr.open_zarr(path, consolidated=False) as ds:
+            return ds.load()
+    except Exception as exc:  # noqa: BLE001
+        raise UserInputError(f"'{path}' is not a readable lossatlas store ({type(exc).__name__})") from None
