@@ -10,6 +10,7 @@ import dataclasses
 import os
 import random
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,20 @@ def test_mnist1d_cache_is_written_atomically_and_survives_corruption(
     assert sorted(p.name for p in tmp_path.iterdir()) == files  # rewritten, no temp files left
     with np.load(tmp_path / files[0], allow_pickle=False) as archive:
         assert sorted(archive.files) == ["x", "x_test", "y", "y_test"]
+
+
+def test_mnist1d_concurrent_generation_is_deterministic(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """mnist1d draws from the global numpy RNG; parallel loads into one empty cache must not interleave."""
+    monkeypatch.setenv("LOSSATLAS_CACHE", str(tmp_path / "serial"))
+    reference = load_data("mnist1d:n=300")
+    monkeypatch.setenv("LOSSATLAS_CACHE", str(tmp_path / "parallel"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: load_data("mnist1d:n=300"), range(4)))
+    for result in results:
+        assert_same(reference, result)
+    assert [p.suffix for p in (tmp_path / "parallel").iterdir()] == [".npz"]
 
 
 def test_mnist1d_unwritable_cache_still_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -285,40 +300,41 @@ def test_npz_round_trip_regression_without_test(tmp_path: Path) -> None:
         data.split("validation")
 
 
-def _write_npz(path: Path, **arrays: np.ndarray) -> str:
-    np.savez(path, **arrays)
-    return str(path)
+_X, _Y = np.zeros((2, 2)), np.zeros(2, dtype=np.int64)
+NPZ_ARRAY_ERRORS = {  # case -> (arrays saved with np.savez, expected part of the message)
+    "missing x": ({"inputs": _X, "y": _Y}, "found inputs, y"),
+    "missing y": ({"x": _X, "labels": np.zeros(2)}, "found x, labels"),
+    "length mismatch": ({"x": np.zeros((3, 2)), "y": _Y}, "same N"),
+    "test length mismatch": ({"x": _X, "y": _Y, "x_test": np.zeros((3, 2)), "y_test": _Y[:1]}, "same N"),
+    "x_test without y_test": ({"x": _X, "y": _Y, "x_test": _X}, "both or neither"),
+    "y_test without x_test": ({"x": _X, "y": _Y, "y_test": _Y}, "both or neither"),
+    "string x": ({"x": np.array(["a", "b"]), "y": _Y}, "numeric"),
+    "negative label": ({"x": _X, "y": np.array([0, -1])}, ">= 0"),
+    "2-D integer labels": ({"x": _X, "y": np.zeros((2, 2), dtype=np.int64)}, "shape"),
+    "mixed y types": ({"x": _X, "y": _Y, "x_test": _X, "y_test": np.zeros(2)}, "mix integer and float"),
+}
 
 
-NPZ_ERRORS = {
-    "missing file": (lambda p: str(p / "nope.npz"), "not found"),
-    "not an npz": (lambda p: (p / "bad.npz").write_bytes(b"not a zip") and str(p / "bad.npz"), "not a valid"),
-    "npy renamed": (lambda p: np.save(p / "a.npy", np.zeros(3)) or os.replace(p / "a.npy", p / "a.npz")
-                    or str(p / "a.npz"), "one array"),
-    "missing x": (lambda p: _write_npz(p / "m.npz", inputs=np.zeros((2, 2)), y=np.zeros(2, int)), "inputs, y"),
-    "missing y": (lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), labels=np.zeros(2)), "x, labels"),
-    "length mismatch": (lambda p: _write_npz(p / "m.npz", x=np.zeros((3, 2)), y=np.zeros(2, int)), "same N"),
-    "test length mismatch": (
-        lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), y=np.zeros(2, int), x_test=np.zeros((3, 2)),
-                             y_test=np.zeros(1, int)), "same N"),
-    "x_test without y_test": (
-        lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), y=np.zeros(2, int), x_test=np.zeros((2, 2))),
-        "both or neither"),
-    "y_test without x_test": (
-        lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), y=np.zeros(2, int), y_test=np.zeros(2, int)),
-        "both or neither"),
-    "string x": (lambda p: _write_npz(p / "m.npz", x=np.array(["a", "b"]), y=np.zeros(2, int)), "numeric"),
-    "negative label": (lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), y=np.array([0, -1])), ">= 0"),
-    "mixed y types": (
-        lambda p: _write_npz(p / "m.npz", x=np.zeros((2, 2)), y=np.zeros(2, int), x_test=np.zeros((2, 2)),
-                             y_test=np.zeros(2)), "mix"),
-}  # fmt: skip
+@pytest.mark.parametrize("case", sorted(NPZ_ARRAY_ERRORS))
+def test_npz_array_errors_are_one_line(case: str, tmp_path: Path) -> None:
+    arrays, match = NPZ_ARRAY_ERRORS[case]
+    np.savez(tmp_path / "data.npz", **arrays)
+    assert_one_line_error(str(tmp_path / "data.npz"), match=match)
 
 
-@pytest.mark.parametrize("case", sorted(NPZ_ERRORS))
-def test_npz_errors_are_one_line(case: str, tmp_path: Path) -> None:
-    make, match = NPZ_ERRORS[case]
-    assert_one_line_error(make(tmp_path), match=match)
+def test_npz_file_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(str(tmp_path / "absent.npz"), match="not found")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip archive")
+    assert_one_line_error(str(garbage), match="not a valid")
+    truncated = tmp_path / "truncated.npz"
+    np.savez(truncated, x=np.zeros((50, 4)), y=np.zeros(50, dtype=np.int64))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    assert_one_line_error(str(truncated), match="not a valid")
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:  # a bare .npy array under an .npz name
+        np.save(handle, np.zeros(3))
+    assert_one_line_error(str(single), match="one array")
 
 
 class _Tripwire:

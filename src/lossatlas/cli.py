@@ -50,15 +50,24 @@ def user_errors(fn: F) -> F:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A Rich progress bar; yields ``update(done, total)``."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None)
+    """A Rich progress bar, shown from the first ``update(done, total)`` on (so early errors stay one line)."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task = bar.add_task(description, total=None)
+    started = False
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if started:
+            bar.stop()
 
 
 # -- shared option types --------------------------------------------------------------------------
@@ -224,20 +233,34 @@ def _summary(ds: Any, out: Path) -> None:
     out_console.print(f"wrote {out} ({dims} points; min train loss {low}; non-finite points: {bad})")
 
 
-def main() -> None:
-    """Console-script entry point: usage errors, like user errors, are one red line and exit 2."""
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Usage-error classes of click and of the click copy that newer Typer releases vendor."""
     import click
 
+    types: list[type[BaseException]] = [click.UsageError]
+    try:
+        from typer._click import exceptions as vendored  # Typer >= 0.2x ships its own click
+
+        types.append(vendored.UsageError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def main() -> None:
+    """Console-script entry point: usage errors, like user errors, are one red line and exit 2."""
+    usage_errors = _usage_error_types()
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        console.print(exc.ctx.get_help() if exc.ctx else str(exc))
-        code = 0
-    except click.UsageError as exc:
-        hint = f" (see: lossatlas {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
-        console.print(f"[bold red]error:[/bold red] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+    except usage_errors as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # Typer has printed the help already
+            sys.exit(0)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # type: ignore[union-attr]
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        console.print(f"[bold red]error:[/bold red] {message}{hint}", highlight=False, soft_wrap=True)
         code = 2
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, typer.Abort):
         console.print("[yellow]interrupted[/yellow]")
         code = 130
     except UserInputError as exc:  # raised outside a command

@@ -2,7 +2,9 @@
 
 ``load_data(spec, seed=...)`` turns a spec string into a :class:`Dataset`. Spec grammar:
 
-* ``NAME[:key=value,...]``  a built-in, see :func:`dataset_names` (e.g. ``teacher:n=1000,d=10``);
+* ``NAME[:key=value,...]``  a built-in (e.g. ``teacher:n=1000,d=10``): ``mnist1d`` (n, seed), ``digits``,
+  ``teacher`` (n, d, k, noise, n_test), ``xor`` (n, noise), ``jellyfish`` (n, noise), ``spirals`` (n, noise,
+  turns); defaults and sources in each builder's docstring;
 * ``path/file.npz``         arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``;
 * ``path/file.py:function`` or ``package.module:function``  a user function (called with ``seed=``
   when it accepts it) returning a :class:`Dataset`, a dict, a tuple ``(x, y[, x_test, y_test])`` or a
@@ -68,14 +70,14 @@ class Dataset:
 
     def __post_init__(self) -> None:
         classification = self.task == "classification"
-        pairs = [(self.x_train, self.y_train), (self.x_test, self.y_test)]
-        for x, y in pairs if self.x_test is not None or self.y_test is not None else pairs[:1]:
-            y_ok = isinstance(y, torch.Tensor) and (
-                y.ndim == 1 and y.dtype == torch.int64
-                if classification
-                else y.ndim == 2 and y.is_floating_point()
-            )
-            if self.task not in TASKS or not isinstance(x, torch.Tensor) or not y_ok or len(x) != len(y):
+        has_test = self.x_test is not None or self.y_test is not None
+        for x, y in [(self.x_train, self.y_train)] + ([(self.x_test, self.y_test)] if has_test else []):
+            ok = isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.ndim >= 1 and y.ndim >= 1
+            if classification:
+                ok = ok and y.ndim == 1 and y.dtype == torch.int64  # type: ignore[union-attr]
+            else:
+                ok = ok and y.ndim == 2 and y.is_floating_point()  # type: ignore[union-attr]
+            if self.task not in TASKS or not ok or len(x) != len(y):  # type: ignore[arg-type]
                 raise _fail(
                     f"dataset {self.name!r}: need task in {TASKS}, tensors x (N, ...) and y (N,) int64 for "
                     "classification or (N, k) float for regression; x_test and y_test together"
@@ -144,7 +146,7 @@ def _from_arrays(name: str, *arrays: Any, num_classes: int | None = None) -> Dat
     classification = ys[0].dtype.kind != "f"
     if any((ya.dtype.kind != "f") != classification for ya in ys):
         raise _fail(f"{name}: y and y_test mix integer and float types; use one type for both")
-    tensors: list[torch.Tensor | None] = []
+    tensors: list[torch.Tensor] = []
     for (xs, _, suffix), ya in zip(pairs, ys, strict=True):
         xa = _as_array(xs, "x" + suffix, name)
         if xa.shape[0] != ya.shape[0] or xa.shape[0] == 0:
@@ -158,8 +160,10 @@ def _from_arrays(name: str, *arrays: Any, num_classes: int | None = None) -> Dat
         tensors += [torch.from_numpy(np.array(xa, dtype=np.float32)), torch.from_numpy(ya)]
     if classification and num_classes is None:
         num_classes = max(int(ya.max()) for ya in ys) + 1
+    x_train, y_train, *test = tensors
+    x_test, y_test = test if test else (None, None)
     task = "classification" if classification else "regression"
-    return Dataset(name, *(tensors + [None, None])[:4], task, num_classes if classification else None)
+    return Dataset(name, x_train, y_train, x_test, y_test, task, num_classes if classification else None)
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -176,7 +180,8 @@ def _write_cache(path: Path, arrays: Arrays) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is fine to share read-only
         os.replace(tmp, path)
     except OSError:
         if tmp is not None and os.path.exists(tmp):
@@ -187,7 +192,8 @@ def _mnist1d(p: dict[str, Any], seed: int) -> Arrays:
     """MNIST-1D (Greydanus 2020, "Scaling down deep learning"), generated offline.
 
     ``mnist1d.data.make_dataset`` with the default ``get_dataset_args()`` (5000 samples, 80/20 split,
-    40 features, 10 classes), only ``num_samples`` and ``seed`` overridden. The data seed is the key
+    40 features, 10 classes), only ``num_samples`` (key ``n``; mnist1d makes ``n // 10`` per class) and
+    ``seed`` overridden. The data seed is the key
     ``seed`` (default 42, the published one), not ``load_data``'s seed, so runs share the benchmark.
     Values are kept as mnist1d returns them (already standardised to mean 0, std 1 overall). mnist1d seeds
     the global numpy/``random`` RNGs; their states are saved and restored around generation. Arrays are

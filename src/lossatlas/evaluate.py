@@ -34,6 +34,7 @@ from lossatlas.params import (
     private_copy,
     stack_points,
 )
+from lossatlas.subset import STDERR_SUFFIX, check_subset, mean_stderr, subset_indices
 
 if TYPE_CHECKING:
     from lossatlas.data import Dataset
@@ -65,6 +66,10 @@ class EvalSpec:
         splits: which splits to evaluate (``train``, ``test``; missing test splits are skipped).
         memory_bytes: budget for one vmapped pass; decides how many points share a forward pass.
         bn_batches: training batches used to re-estimate BN statistics (``recompute``); 0 = all.
+        subset: evaluate every point on one fixed subset of each split: a fraction in (0, 1] (``float``)
+            or a sample count (``int``); stratified by class (:mod:`lossatlas.subset`). Adds a
+            ``<metric>_stderr`` per metric. None = the whole split.
+        subset_seed: seed of the subset draw.
     """
 
     loss: str = "cross_entropy"
@@ -73,8 +78,11 @@ class EvalSpec:
     splits: tuple[str, ...] = ("train", "test")
     memory_bytes: int = 1 << 30
     bn_batches: int = 0
+    subset: float | int | None = None
+    subset_seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "subset", check_subset(self.subset))
         try:
             object.__setattr__(self, "bn", BNPolicy(self.bn))
         except ValueError:
@@ -176,10 +184,16 @@ class Evaluator:
         self.loss_fn = resolve_loss(self.spec.loss)
         self.classification = data.task == "classification"
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.population: dict[str, int] = {}  # split sizes before any subset
         for split in self.spec.splits:
             if split == "test" and data.x_test is None:
                 continue
             x, y = data.split(split)
+            self.population[split] = int(x.shape[0])
+            if self.spec.subset is not None:  # the same samples at every point
+                keep = torch.from_numpy(subset_indices(y, self.spec.subset, self.spec.subset_seed, split,
+                                                       self.classification))
+                x, y = x[keep], y[keep]
             self.splits[split] = (x.to(self.device), y.to(self.device))
         self.buffers = {k: v.to(self.device) for k, v in buffers_of(self.model).items()}
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
@@ -202,27 +216,38 @@ class Evaluator:
             names.append(f"{split}_loss")
             if self.classification:
                 names.append(f"{split}_accuracy")
+        if self.spec.subset is not None:
+            names += [name + STDERR_SUFFIX for name in names]
         return names
+
+    def to(self, device: str | torch.device) -> Evaluator:
+        """Move the model copy, the data and the buffers to ``device`` in place (e.g. a worker's GPU)."""
+        self.device = torch.device(device)
+        self.model = self.model.to(self.device)
+        self.splits = {s: (x.to(self.device), y.to(self.device)) for s, (x, y) in self.splits.items()}
+        self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
+        return self
 
     def points_per_pass(self, batch_size: int | None = None) -> int:
         """How many points fit in one vmapped forward pass under the memory budget."""
-        b = batch_size or self.spec.batch_size
+        b = min(batch_size or self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
         n_params = sum(t.numel() for t in self.theta().values())
         per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
         return max(1, min(256, self.spec.memory_bytes // max(per_point, 1)))
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _batch_totals(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-point sums of loss and correct predictions over one batch; ``out`` is (P, B, C)."""
+    def _batch_totals(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-point sums of loss, correct predictions and squared loss over a batch; ``out`` is (P, B, C)."""
         p, b = out.shape[:2]
         flat_out = out.reshape(p * b, *out.shape[2:])
         flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
-        losses = self.loss_fn(flat_out, flat_y).reshape(p, b).double().sum(dim=1)
+        per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
+        losses, squares = per_sample.sum(dim=1), per_sample.square().sum(dim=1)
         if self.classification:
             correct = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b).double().sum(dim=1)
         else:
             correct = torch.zeros(p, dtype=torch.float64, device=out.device)
-        return losses, correct
+        return losses, correct, squares
 
     @torch.no_grad()
     def evaluate_stacked(self, stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -245,15 +270,30 @@ class Evaluator:
             n = x.shape[0]
             loss_sum: Tensor | float = 0.0
             correct_sum: Tensor | float = 0.0
+            square_sum: Tensor | float = 0.0
             for start in range(0, n, self.spec.batch_size):
                 xb, yb = x[start:start + self.spec.batch_size], y[start:start + self.spec.batch_size]
-                ls, cs = self._batch_totals(batched(dict(stacked), xb), yb)
+                ls, cs, ss = self._batch_totals(batched(dict(stacked), xb), yb)
                 loss_sum = loss_sum + ls
                 correct_sum = correct_sum + cs
+                square_sum = square_sum + ss
             results[f"{split}_loss"] = (loss_sum / n).cpu()  # type: ignore[operator]
             if self.classification:
                 results[f"{split}_accuracy"] = (correct_sum / n).cpu()  # type: ignore[operator]
+            results.update(self._stderr(split, loss_sum, square_sum, correct_sum))  # type: ignore[arg-type]
         return results
+
+    def _stderr(self, split: str, loss_sum: Tensor | float, square_sum: Tensor | float,
+                correct_sum: Tensor | float) -> dict[str, Tensor]:
+        """``<metric>_stderr`` of a subset evaluation (finite-population corrected); {} on the whole split."""
+        if self.spec.subset is None:
+            return {}
+        n, population = self.splits[split][0].shape[0], self.population[split]
+        out = {f"{split}_loss{STDERR_SUFFIX}": mean_stderr(loss_sum, square_sum, n, population).cpu()}
+        if self.classification:  # correctness is 0/1, so its square sum is its sum
+            acc = mean_stderr(correct_sum, correct_sum, n, population)
+            out[f"{split}_accuracy{STDERR_SUFFIX}"] = acc.cpu()
+        return out
 
     def evaluate_coords(self, theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
                         coords: Tensor) -> dict[str, Tensor]:
@@ -319,14 +359,18 @@ class Evaluator:
             buffers = self.buffers
         out: dict[str, float] = {}
         for split, (x, y) in self.splits.items():
-            loss_sum, correct_sum, n = 0.0, 0.0, x.shape[0]
+            loss_sum, correct_sum, square_sum, n = 0.0, 0.0, 0.0, x.shape[0]
             for start in range(0, n, self.spec.batch_size):
                 xb, yb = x[start:start + self.spec.batch_size], y[start:start + self.spec.batch_size]
                 logits = functional_forward(self.model, point, buffers, xb)
-                loss_sum += float(self.loss_fn(logits, yb).double().sum())
+                per_sample = self.loss_fn(logits, yb).double()
+                loss_sum += float(per_sample.sum())
+                square_sum += float(per_sample.square().sum())
                 if self.classification:
                     correct_sum += float((logits.argmax(dim=-1) == yb).double().sum())
             out[f"{split}_loss"] = loss_sum / n
             if self.classification:
                 out[f"{split}_accuracy"] = correct_sum / n
+            stderr = self._stderr(split, loss_sum, square_sum, correct_sum)
+            out.update({k: float(v) for k, v in stderr.items()})
         return out

@@ -85,6 +85,11 @@ class PointTask:
         result = self.evaluator.evaluate_coords(self.theta, self.directions, coords)
         return {k: v.numpy() for k, v in result.items()}
 
+    def to(self, device: str | torch.device) -> PointTask:
+        """Move the task to ``device`` in place (a Dask worker's own GPU); θ and d follow the evaluator."""
+        self.evaluator.to(device)
+        return self
+
 
 def grid_units(axes: Mapping[str, np.ndarray], block: int = 8) -> list[WorkUnit]:
     """Split a grid into work units: a row of ``y`` per ``x`` in 2D, blocks of ``block`` points in 1D."""
@@ -142,6 +147,7 @@ def _provenance(kind: str, model: nn.Module, data: Any, spec: EvalSpec, extra: M
         "loss": spec.loss,
         "batch_size": spec.batch_size,
         "bn": spec.bn.value,
+        **({"subset": spec.subset, "subset_seed": spec.subset_seed} if spec.subset is not None else {}),
         **extra,
         **prov,
     }

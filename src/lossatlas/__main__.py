@@ -1,0 +1,5 @@
+"""``python -m lossatlas`` runs the CLI."""
+
+from lossatlas.cli import main
+
+main()

@@ -1,0 +1,315 @@
+"""Hessian-vector products of the dataset-averaged loss, by forward-over-reverse autodiff.
+
+For a per-sample loss ℓ and a split of N samples, L(θ) = (1/N) Σₙ ℓ(f_θ(xₙ), yₙ) and
+
+    H v = (1/N) Σ_batches Σ_{n ∈ batch} ∇²ℓₙ(θ) v,
+
+computed batch by batch as ``torch.func.jvp(torch.func.grad(batch_loss_sum), θ, v)`` (Pearlmutter 1994;
+forward-over-reverse as recommended by the ``torch.func`` documentation). Each batch contributes its *sum*;
+the total is divided by N once, so an uneven last batch is weighted exactly by its size (unlike tools
+that average per-batch means). BatchNorm runs in eval mode with the evaluator's running statistics
+(re-estimated once at the point under ``--bn recompute``; perturbed like parameters under ``states``).
+
+:func:`hvp_sum` is the building block a data-sharded executor needs: the sum over the samples of one
+``(x, y)`` shard. :class:`HessianOperator` adds the exact full-split average, parameter subsets, float32 or
+float64 arithmetic and a product counter; :class:`FunctionHessian` is the same operator for a closed-form
+scalar function L(θ) (the seed-004 examples, quadratic test problems).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, grad_and_value, jvp, vmap
+
+from lossatlas.errors import UserInputError
+from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator, LossFn
+from lossatlas.params import ParamDict, flatten, functional_forward
+
+Vector = Tensor | Mapping[str, Tensor]
+"""A direction in the selected parameter space: a flat ``(n,)`` tensor or a parameter-name dict."""
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or the torch dtype) → torch dtype; one-line error otherwise."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if str(dtype) in _DTYPES:
+        return _DTYPES[str(dtype)]
+    raise UserInputError(f"--dtype must be float32 or float64, got '{dtype}'")
+
+
+def select_parameters(names: list[str], pattern: str | None) -> list[str]:
+    """Names matching the regular expression ``pattern`` (``re.search``); all names for ``None``.
+
+    Raises a one-line :class:`UserInputError` for an invalid expression or one that selects nothing.
+    """
+    if pattern is None or pattern == "":
+        return list(names)
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UserInputError(f"--params '{pattern}' is not a valid regular expression ({exc})") from None
+    chosen = [n for n in names if regex.search(n)]
+    if not chosen:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise UserInputError(f"--params '{pattern}' selects no parameter; names look like: {shown}")
+    return chosen
+
+
+def _as_dict(v: Vector, like: Mapping[str, Tensor]) -> ParamDict:
+    """A flat vector or dict → a dict shaped and typed like ``like`` (keys of ``like`` only)."""
+    if isinstance(v, Tensor):
+        out: ParamDict = {}
+        offset = 0
+        for k, t in like.items():
+            out[k] = v[offset:offset + t.numel()].reshape(t.shape).to(t.dtype)
+            offset += t.numel()
+        if offset != v.numel():
+            raise ValueError(f"vector has {v.numel()} entries, the selected parameters {offset}")
+        return out
+    return {k: v[k].to(device=t.device, dtype=t.dtype) for k, t in like.items()}
+
+
+def _batch_loss_sum(theta: Mapping[str, Tensor], model: nn.Module, buffers: Mapping[str, Tensor],
+                    loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
+    return loss_fn(functional_forward(model, theta, buffers, x), y).sum()
+
+
+def hvp_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor], loss_fn: LossFn,
+            x: Tensor, y: Tensor, v: Vector) -> ParamDict:
+    """Σₙ ∇²_θ ℓ(f_θ(xₙ), yₙ) · v over the samples of one batch (a *sum*, not a mean).
+
+    Args:
+        model: the network; evaluated functionally, never modified (put it in eval mode for BN).
+        theta: the parameters differentiated, ``{name: tensor}``.
+        buffers: everything else the forward pass needs (frozen parameters, BN statistics).
+        loss_fn: per-sample loss ``(output (B, ...), y (B, ...)) -> (B,)``.
+        x, y: one batch (or shard) of B samples.
+        v: direction, a dict over ``theta``'s keys or a flat vector in ``theta``'s key order.
+
+    Returns:
+        ``{name: tensor}`` shaped like ``theta``; divide the sum over all shards by N for H v.
+    """
+    v = _as_dict(v, theta)
+    _, hv = jvp(lambda th: grad(_batch_loss_sum)(th, model, buffers, loss_fn, x, y), (dict(theta),), (v,))
+    return hv
+
+
+def gradient_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                 loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[ParamDict, Tensor]:
+    """``(Σₙ ∇_θ ℓₙ, Σₙ ℓₙ)`` over one batch: the gradient and loss *sums* (divide by N)."""
+    g, value = grad_and_value(_batch_loss_sum)(dict(theta), model, buffers, loss_fn, x, y)
+    return g, value
+
+
+class _Operator:
+    """Shared machinery: the selected parameters, flat/dict conversion, a product counter."""
+
+    theta: ParamDict
+    hvp_count: int
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the differentiated parameters, in the order of the flat vectors."""
+        return list(self.theta)
+
+    @property
+    def n(self) -> int:
+        """Dimension of the Hessian (number of selected scalar parameters)."""
+        return sum(t.numel() for t in self.theta.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.theta.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.theta.values())).device
+
+    def to_dict(self, vector: Tensor) -> ParamDict:
+        """A flat ``(n,)`` vector → ``{name: tensor}`` keeping the vector's dtype."""
+        out: ParamDict = {}
+        offset = 0
+        for k, t in self.theta.items():
+            out[k] = vector[offset:offset + t.numel()].reshape(t.shape)
+            offset += t.numel()
+        return out
+
+    def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:  # pragma: no cover - abstract
+        """``(Σ H_n v, N)``: the float64 sum of per-sample products and the count it averages over."""
+        raise NotImplementedError
+
+    def _hv_mean(self, v: ParamDict) -> ParamDict:
+        total, count = self._hv_sum(v)
+        return {k: t / count for k, t in total.items()}
+
+    def matvec(self, v: Vector) -> Any:
+        """H v. A flat ``(n,)`` vector gives a flat float64 vector; a dict gives a float64 dict."""
+        out = self._hv_mean(_as_dict(v, self.theta))
+        self.hvp_count += 1
+        flat = flatten(out)
+        if not bool(torch.isfinite(flat).all()):
+            raise UserInputError("the Hessian-vector product is not finite at this point (NaN or inf loss); "
+                                 "analyse a point where the loss is finite")
+        return flat if isinstance(v, Tensor) else out
+
+    __matmul__ = matvec
+
+    def value_and_gradient(self) -> tuple[float, ParamDict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gradient(self) -> ParamDict:
+        """∇L(θ) over the selected parameters (float64)."""
+        return self.value_and_gradient()[1]
+
+    def loss(self) -> float:
+        """L(θ)."""
+        return self.value_and_gradient()[0]
+
+    def check_finite(self) -> float:
+        """L(θ), or a one-line error when it is NaN or infinite."""
+        value = self.loss()
+        if not torch.isfinite(torch.tensor(value)):
+            raise UserInputError(f"the loss at this point is {value}; curvature needs a finite loss "
+                                 "(check the checkpoint, or lower the learning rate that produced it)")
+        return value
+
+    def dense(self, chunk: int = 32, progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """The full ``(n, n)`` float64 Hessian from n products with basis vectors, ``chunk`` at a time."""
+        n = self.n
+        cols = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            basis = torch.zeros(stop - start, n, dtype=self.dtype, device=self.device)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            cols.append(self._dense_columns(basis))
+            if progress:
+                progress(stop, n)
+        self.hvp_count += n
+        h = torch.cat(cols, dim=0)
+        return (h + h.T) / 2
+
+    def _dense_columns(self, basis: Tensor) -> Tensor:
+        """Rows H e_i for the rows e_i of ``basis`` ``(c, n)``, float64."""
+        return torch.stack([flatten(self._hv_mean(self.to_dict(b))) for b in basis])
+
+
+class HessianOperator(_Operator):
+    """H = ∇²L(θ) of the loss averaged over a whole split, as a linear operator.
+
+    Args:
+        evaluator: supplies the model (eval mode), per-sample loss, splits, batch size and BN policy.
+        point: θ (default ``evaluator.theta()``); may carry BN statistics under ``bn=states``.
+        params: regular expression selecting parameter names (``re.search``); ``None`` = all of ``point``.
+        dtype: arithmetic of the products, ``float32`` or ``float64`` (results accumulate in float64).
+        split: ``train`` or ``test``.
+
+    ``matvec(v)`` = (1/N) Σ_batches :func:`hvp_sum`; ``hvp_count`` counts full-split products.
+    """
+
+    def __init__(self, evaluator: Evaluator, point: Mapping[str, Tensor] | None = None, *,
+                 params: str | None = None, dtype: str | torch.dtype = torch.float64,
+                 split: str = "train") -> None:
+        dtype = as_dtype(dtype)
+        if split not in evaluator.splits:
+            raise UserInputError(f"split '{split}' is not available; use one of {', '.join(evaluator.splits)}")
+        point = evaluator.theta() if point is None else point
+        point = {k: v.to(evaluator.device) for k, v in point.items()}
+        names = select_parameters(list(point), params)
+        self.evaluator = evaluator
+        self.model = evaluator.model
+        self.loss_fn = evaluator.loss_fn
+        self.batch_size = evaluator.spec.batch_size
+        self.split = split
+        buffers = dict(evaluator.buffers)
+        if evaluator.spec.bn is BNPolicy.recompute and evaluator.has_bn:
+            buffers = evaluator.recompute_bn_buffers({k: v for k, v in point.items() if k not in buffers})
+        frozen = {**buffers, **{k: v for k, v in point.items() if k not in names}}
+        for name, p in self.model.named_parameters():
+            frozen.setdefault(name, p.detach())
+        self.buffers = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in frozen.items()}
+        self.theta = {k: point[k].detach().to(dtype) for k in names}
+        x, y = evaluator.splits[split]
+        self.x = x.to(dtype) if x.is_floating_point() else x
+        self.y = y.to(dtype) if y.is_floating_point() else y
+        self.hvp_count = 0
+
+    @classmethod
+    def from_model(cls, model: nn.Module, data: Any, spec: EvalSpec | None = None, *, device: str = "cpu",
+                   **kwargs: Any) -> HessianOperator:
+        """Build the :class:`Evaluator` too (``spec`` default: cross-entropy, batch 1000, BN eval)."""
+        return cls(Evaluator(model, data, spec or EvalSpec(splits=("train",)), device=device), **kwargs)
+
+    @property
+    def num_samples(self) -> int:
+        """N, the samples the loss averages over."""
+        return int(self.x.shape[0])
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The split in batches of ``batch_size`` (the last one may be smaller)."""
+        for start in range(0, self.num_samples, self.batch_size):
+            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+
+    def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:
+        total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
+        for xb, yb in self.batches():
+            for k, t in hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v).items():
+                total[k] += t.double()
+        return total, float(self.num_samples)
+
+    def _dense_columns(self, basis: Tensor) -> Tensor:
+        total = torch.zeros(basis.shape[0], self.n, dtype=torch.float64, device=self.device)
+        for xb, yb in self.batches():
+            def one(b: Tensor, xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                return flatten(hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, b))
+            total += vmap(one)(basis).double()
+        return total / self.num_samples
+
+    def value_and_gradient(self) -> tuple[float, ParamDict]:
+        """``(L(θ), ∇L(θ))`` averaged exactly over the split (float64 accumulation)."""
+        g_total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
+        value = torch.zeros((), dtype=torch.float64, device=self.device)
+        for xb, yb in self.batches():
+            g, val = gradient_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb)
+            value += val.double()
+            for k in g_total:
+                g_total[k] += g[k].double()
+        n = self.num_samples
+        return float(value) / n, {k: t / n for k, t in g_total.items()}
+
+
+class FunctionHessian(_Operator):
+    """The Hessian of a closed-form scalar function ``fn(θ: dict) -> Tensor`` at ``theta``.
+
+    Used for seed 004's two-variable examples and for quadratic losses with known spectra.
+    """
+
+    def __init__(self, fn: Callable[[ParamDict], Tensor], theta: Mapping[str, Tensor], *,
+                 params: str | None = None, dtype: str | torch.dtype = torch.float64) -> None:
+        dtype = as_dtype(dtype)
+        names = select_parameters(list(theta), params)
+        self.fn = fn
+        self.theta = {k: theta[k].detach().to(dtype) for k in names}
+        self._frozen = {k: v.detach().to(dtype) for k, v in theta.items() if k not in names}
+        self.hvp_count = 0
+
+    def _call(self, th: ParamDict) -> Tensor:
+        return self.fn({**self._frozen, **th})
+
+    def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:
+        _, hv = jvp(grad(self._call), (dict(self.theta),), (v,))
+        return {k: t.double() for k, t in hv.items()}, 1.0
+
+    def value_and_gradient(self) -> tuple[float, ParamDict]:
+        g, value = grad_and_value(self._call)(dict(self.theta))
+        return float(value), {k: t.double() for k, t in g.items()}
+
+
+__all__ = ["FunctionHessian", "HessianOperator", "as_dtype", "gradient_sum", "hvp_sum", "select_parameters"]

@@ -1,0 +1,230 @@
+"""Interactive plotly figures of stored results, shared by the report sections.
+
+Conventions (what a store may hold; everything is optional except ``x``):
+
+* metrics on the grid: float variables on ``(x,)`` or ``(x, y)`` — losses (``*_loss``), accuracies
+  (``*_accuracy``) and any other map (``lambda_max``, ``lambda_min``, ``convexity_ratio``, ...);
+* ``<metric>_stderr``: the standard error of ``<metric>`` (subset evaluation); shown as a band in 1D,
+  as ``± stderr`` in the hover text and as its own panel in 2D;
+* ``path_x``, ``path_y`` on one other dimension (e.g. ``step``): a path drawn over the contour plots
+  (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7).
+
+Non-finite values (diverged points) are masked (NaN → gaps/holes), never plotted as numbers. Every
+string that ends up in a title, label or hover text passes through :func:`~lossatlas.report.registry.esc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import xarray as xr
+
+from lossatlas.report.registry import esc
+from lossatlas.store import COMPLETED
+
+TEMPLATE = "plotly_white"
+STDERR = "_stderr"
+_SPLIT_DASH = {"train": "solid", "test": "dash"}
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def label(name: str) -> str:
+    """``train_loss`` → ``train loss`` (escaped)."""
+    return esc(str(name).replace("_", " "))
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """float64 copy with ±inf replaced by NaN (plotly draws NaN as gaps/holes)."""
+    v = np.asarray(values, dtype=np.float64).copy()
+    v[~np.isfinite(v)] = np.nan
+    return v
+
+
+def grid_variables(ds: xr.Dataset, dims: Sequence[str]) -> list[str]:
+    """Float variables whose dims are exactly ``dims`` (any order), ``completed`` and ``_stderr`` excluded."""
+    out = []
+    for name, var in ds.data_vars.items():
+        if name == COMPLETED or str(name).endswith(STDERR) or var.dtype.kind != "f":
+            continue
+        if sorted(var.dims) == sorted(dims):
+            out.append(str(name))
+    def key(v: str) -> tuple[int, int, str]:
+        kind = 0 if v.endswith("_loss") else 1 if v.endswith("_accuracy") else 2
+        split = v.split("_", 1)[0]
+        return kind, {"train": 0, "test": 1}.get(split, 2), v
+
+    return sorted(out, key=key)
+
+
+def stderr_of(ds: xr.Dataset, name: str) -> str | None:
+    """The name of ``name``'s standard-error variable, if the store has one."""
+    key = f"{name}{STDERR}"
+    return key if key in ds.data_vars else None
+
+
+def _is_metric(name: str) -> bool:
+    return name.endswith("_loss") or name.endswith("_accuracy")
+
+
+def _yx(ds: xr.Dataset, name: str) -> np.ndarray:
+    """A 2D variable as a (len(y), len(x)) array: rows follow y, columns follow x (plotly's z layout)."""
+    return finite(ds[name].transpose("y", "x").values)
+
+
+def _hover(ds: xr.Dataset, names: Sequence[str], two_d: bool) -> tuple[np.ndarray, str]:
+    """customdata (…, k) and a hovertemplate that shows x, y and every metric (± stderr where stored)."""
+    columns, parts = [], ["x = %{x:.4g}"] + (["y = %{y:.4g}"] if two_d else [])
+    for name in names:
+        arr = _yx(ds, name) if two_d else finite(ds[name].values)
+        i = len(columns)
+        columns.append(arr)
+        text = f"{label(name)} = %{{customdata[{i}]:.5g}}"
+        se = stderr_of(ds, name)
+        if se is not None:
+            columns.append(_yx(ds, se) if two_d else finite(ds[se].values))
+            text += f" ± %{{customdata[{i + 1}]:.2g}}"
+        parts.append(text)
+    return np.stack(columns, axis=-1), "<br>".join(parts) + "<extra></extra>"
+
+
+def _diverging(z: np.ndarray) -> dict:
+    f = z[np.isfinite(z)]
+    if f.size and f.min() < 0 < f.max():
+        return {"colorscale": "RdBu_r", "zmid": 0.0}
+    return {"colorscale": "Viridis"}
+
+
+def surface_3d(ds: xr.Dataset, title: str = "") -> go.Figure:
+    """Rotatable 3D surface of a 2D store; a menu switches between metrics (and log10 of losses).
+
+    Hover shows x, y and every metric of the point.
+    """
+    names = grid_variables(ds, ("x", "y"))
+    custom, template = _hover(ds, names, two_d=True)
+    choices: list[tuple[str, np.ndarray]] = []
+    for name in names:
+        z = _yx(ds, name)
+        choices.append((label(name), z))
+        if name.endswith("_loss"):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                choices.append((f"log10 {label(name)}", finite(np.log10(z))))
+    x, y = ds["x"].values, ds["y"].values
+    first_label, first_z = choices[0]
+    fig = go.Figure(go.Surface(x=x, y=y, z=first_z, customdata=custom, hovertemplate=template,
+                               colorscale="Viridis", colorbar={"title": {"text": first_label}},
+                               contours={"z": {"show": True, "usecolormap": True, "project": {"z": True},
+                                               "highlightcolor": "#ffffff"}}))
+    buttons = [{"label": lab, "method": "update",
+                "args": [{"z": [z], "colorbar.title.text": lab}, {"scene.zaxis.title.text": lab}]}
+               for lab, z in choices]
+    fig.update_layout(template=TEMPLATE, height=620, title={"text": esc(title)},
+                      margin={"l": 0, "r": 0, "t": 50, "b": 0},
+                      scene={"xaxis_title": "x", "yaxis_title": "y", "zaxis_title": first_label,
+                             "camera": {"eye": {"x": 1.5, "y": -1.5, "z": 1.0}}},
+                      updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.08, "xanchor": "right",
+                                    "showactive": True, "direction": "down"}] if len(buttons) > 1 else [])
+    return fig
+
+
+def _path_traces(ds: xr.Dataset) -> list[go.Scatter]:
+    if "path_x" not in ds.data_vars or "path_y" not in ds.data_vars:
+        return []
+    px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
+    return [go.Scatter(x=px, y=py, mode="lines+markers", name="path", line={"color": "#d62728", "width": 2},
+                       marker={"size": 4}, hovertemplate="path<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>")]
+
+
+def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
+    """Filled contour of a loss/accuracy (with contour labels, a star at the centre θ and any stored path),
+    or a heatmap of any other 2D map (diverging colours around 0 where it changes sign)."""
+    names = grid_variables(ds, ("x", "y"))
+    custom, template = _hover(ds, names, two_d=True)
+    z = _yx(ds, name)
+    x, y = ds["x"].values, ds["y"].values
+    if _is_metric(name):
+        trace: go.Contour | go.Heatmap = go.Contour(
+            x=x, y=y, z=z, customdata=custom, hovertemplate=template, colorscale="Viridis", ncontours=30,
+            contours={"showlabels": True, "labelfont": {"size": 9, "color": "white"}},
+            colorbar={"title": {"text": label(name)}}, line={"width": 0.5})
+    else:
+        trace = go.Heatmap(x=x, y=y, z=z, customdata=custom, hovertemplate=template,
+                           colorbar={"title": {"text": label(name)}}, **_diverging(z))
+    fig = go.Figure(trace)
+    for extra in _path_traces(ds):
+        fig.add_trace(extra)
+    if x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
+        fig.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", name="θ (centre)", showlegend=False,
+                                 marker={"symbol": "star", "size": 12, "color": "white",
+                                         "line": {"color": "black", "width": 1}},
+                                 hovertemplate="θ (centre)<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=460, title={"text": esc(title) or label(name)},
+                      xaxis_title="x", yaxis_title="y", margin={"l": 50, "r": 10, "t": 50, "b": 45},
+                      legend={"orientation": "h", "y": -0.15})
+    fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+    return fig
+
+
+def stderr_map(ds: xr.Dataset, name: str) -> go.Figure:
+    """Heatmap of ``<name>_stderr`` (subset evaluation uncertainty) on the 2D grid."""
+    se = f"{name}{STDERR}"
+    fig = go.Figure(go.Heatmap(x=ds["x"].values, y=ds["y"].values, z=_yx(ds, se), colorscale="Magma",
+                               colorbar={"title": {"text": label(se)}},
+                               hovertemplate="x = %{x:.4g}<br>y = %{y:.4g}<br>stderr = %{z:.3g}<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=460, title={"text": f"standard error of {label(name)}"},
+                      xaxis_title="x", yaxis_title="y", margin={"l": 50, "r": 10, "t": 50, "b": 45})
+    fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+    return fig
+
+
+def _band(x: np.ndarray, v: np.ndarray, se: np.ndarray, color: str, axis: str, name: str) -> list[go.Scatter]:
+    lo, hi = v - se, v + se
+    common = {"x": x, "mode": "lines", "line": {"width": 0, "color": color}, "yaxis": axis,
+              "hoverinfo": "skip", "showlegend": False, "legendgroup": name}
+    return [go.Scatter(y=hi, **common),
+            go.Scatter(y=lo, fill="tonexty", fillcolor=_rgba(color, 0.18), **common)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def curves_1d(ds: xr.Dataset, title: str = "", xlabel: str = "x") -> go.Figure:
+    """Loss (left axis) and accuracy in % (right axis) along ``x``: train solid, test dashed
+    (Li et al. 2018 Fig. 2); ``± stderr`` bands where stored; other 1D variables on the left axis."""
+    names = grid_variables(ds, ("x",))
+    custom, template = _hover(ds, names, two_d=False)
+    x = ds["x"].values
+    fig = go.Figure()
+    has_acc = any(n.endswith("_accuracy") for n in names)
+    for k, name in enumerate(names):
+        split = name.split("_", 1)[0]
+        acc = name.endswith("_accuracy")
+        scale = 100.0 if acc else 1.0
+        color = ("#d62728" if acc else "#1f77b4") if _is_metric(name) else _PALETTE[(k + 2) % len(_PALETTE)]
+        axis = "y2" if acc else "y"
+        v = finite(ds[name].values) * scale
+        se = stderr_of(ds, name)
+        if se is not None:
+            for band in _band(x, v, finite(ds[se].values) * scale, color, axis, name):
+                fig.add_trace(band)
+        fig.add_trace(go.Scatter(x=x, y=v, mode="lines", name=label(name) + (" (%)" if acc else ""), yaxis=axis,
+                                 legendgroup=name, customdata=custom, hovertemplate=template,
+                                 line={"color": color, "dash": _SPLIT_DASH.get(split, "dot"), "width": 2}))
+    layout: dict = {"template": TEMPLATE, "height": 460, "title": {"text": esc(title)},
+                    "xaxis": {"title": {"text": esc(xlabel)}}, "yaxis": {"title": {"text": "loss"}},
+                    "hovermode": "closest", "margin": {"l": 60, "r": 60, "t": 50, "b": 45},
+                    "legend": {"orientation": "h", "y": -0.18}}
+    if has_acc:
+        layout["yaxis2"] = {"title": {"text": "accuracy (%)"}, "overlaying": "y", "side": "right",
+                            "range": [0, 100], "showgrid": False, "tickmode": "linear", "tick0": 0, "dtick": 10}
+    fig.update_layout(**layout)
+    return fig
+
+
+def metric_table(rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column HTML table; both columns are escaped."""
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="summary">{body}</table>'

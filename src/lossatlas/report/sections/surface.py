@@ -1,0 +1,93 @@
+"""Report sections for ``surface`` stores (1D curves, 2D surfaces of Li et al. 2018) and ``interpolation``
+stores (the straight line between two models, Goodfellow et al. 2015)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from lossatlas.report.figures import (
+    curves_1d,
+    finite,
+    grid_variables,
+    map_2d,
+    metric_table,
+    stderr_of,
+    stderr_map,
+    surface_3d,
+)
+from lossatlas.report.registry import Section, register
+
+
+def _describe(ds: xr.Dataset) -> str:
+    a = ds.attrs
+    return f"{a.get('model', '?')} on {a.get('data', '?')}"
+
+
+def _grid_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
+    rows = [("grid", " × ".join(f"{d}: {ds.sizes[d]} points on [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
+                                for d in ("x", "y") if d in ds.dims))]
+    rows.append(("directions", f"{ds.attrs.get('directions', '?')}, norm {ds.attrs.get('norm', '?')}, "
+                               f"ignore {ds.attrs.get('ignore', '?')}, seed {ds.attrs.get('seed', '?')}"))
+    rows.append(("non-finite points", str(ds.attrs.get("nonfinite_points", 0))))
+    if "completed" in ds:
+        done = ds["completed"].values
+        rows.append(("completed", f"{int(done.sum())} of {done.size} points ({ds.attrs.get('status', '?')})"))
+    return rows
+
+
+def _minimum_rows(ds: xr.Dataset, names: list[str]) -> list[tuple[str, str]]:
+    rows = []
+    for name in names:
+        if not name.endswith("_loss"):
+            continue
+        v = finite(ds[name].values)
+        if not np.isfinite(v).any():
+            rows.append((f"min {name}", "no finite value"))
+            continue
+        idx = np.unravel_index(int(np.nanargmin(v)), v.shape)
+        where = ", ".join(f"{d} = {float(ds[d].values[i]):.3g}" for d, i in zip(ds[name].dims, idx, strict=True))
+        centre = ds[name].sel({d: 0.0 for d in ds[name].dims}, method="nearest")
+        rows.append((f"min {name}", f"{float(np.nanmin(v)):.5g} at {where}; at the centre {float(centre):.5g}"))
+    return rows
+
+
+@register("surface", order=100)
+def surface_section(store: Path, ds: xr.Dataset) -> Section:
+    """2D: rotatable 3D surface + a contour/heatmap panel per variable; 1D: loss/accuracy curves."""
+    what = _describe(ds)
+    if "y" not in ds.dims:
+        names = grid_variables(ds, ("x",))
+        html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
+        fig = curves_1d(ds, title=f"1D loss curve — {what}", xlabel="x (step along the direction)")
+        return Section(title=f"1D loss curve: {store.name}", html=html, figures=(fig,))
+    names = grid_variables(ds, ("x", "y"))
+    html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
+    figures = [surface_3d(ds, title=f"{what} — drag to rotate, scroll to zoom")]
+    figures += [map_2d(ds, name) for name in names]
+    figures += [stderr_map(ds, name) for name in names if stderr_of(ds, name)]
+    return Section(title=f"2D loss surface: {store.name}", html=html, figures=tuple(figures))
+
+
+@register("interpolation", order=200)
+def interpolation_section(store: Path, ds: xr.Dataset) -> Section:
+    """Loss and accuracy along (1 − α) θ_A + α θ_B, train and test, with the barrier between the endpoints."""
+    names = grid_variables(ds, ("x",))
+    rows = _grid_rows(ds)[:1] + _grid_rows(ds)[2:]
+    alpha = ds["x"].values
+    inside = (alpha >= 0) & (alpha <= 1)
+    for name in names:
+        if not name.endswith("_loss") or inside.sum() < 2:
+            continue
+        v = finite(ds[name].values)[inside]
+        if np.isfinite(v).all():
+            barrier = float(np.max(v) - max(v[0], v[-1]))
+            shape = "monotone" if barrier <= 1e-9 else "not monotone"
+            rows.append((f"{name} on [0, 1]", f"{v[0]:.5g} → {v[-1]:.5g}; barrier above the endpoints "
+                                              f"{barrier:.4g} ({shape})"))
+    ckpts = f"{ds.attrs.get('checkpoint', 'model A')} → {ds.attrs.get('checkpoint2', 'model B')}"
+    rows.insert(0, ("endpoints (α = 0 → α = 1)", ckpts))
+    fig = curves_1d(ds, title=f"interpolation — {_describe(ds)}", xlabel="α")
+    return Section(title=f"Interpolation: {store.name}", html=metric_table(rows), figures=(fig,))
