@@ -15,12 +15,21 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lossatlas import __version__
 from lossatlas.directions import Ignore, Norm
 from lossatlas.errors import UserInputError
 from lossatlas.evaluate import BNPolicy
+from lossatlas.execute import make_executor, parse_memory
+from lossatlas.subset import parse_subset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lossatlas: loss landscapes of neural networks — surfaces, curvature, paths, studies.")
@@ -82,6 +91,14 @@ BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: eva
 OutStoreOpt = Annotated[Path, typer.Option("--out", help="Result store (a .zarr directory).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store of another run.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Run on a local Dask cluster of N worker "
+                                                                  "processes (one thread each).")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Run on an existing Dask cluster: its "
+                                                                      "scheduler address, tcp://HOST:8786.")]
+SubsetOpt = Annotated[str | None, typer.Option("--subset", help="Evaluate on one fixed stratified subset: "
+                                                                "FRACTION (0.1) or COUNT (500); stores *_stderr.")]
+MemoryOpt = Annotated[str, typer.Option("--memory", help="Memory for one batched pass (e.g. 2GB); decides how "
+                                                         "many points share a pass.")]
 
 
 def _device(device: str) -> str:
@@ -146,7 +163,9 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
             norm: Annotated[Norm, typer.Option(help="Direction normalisation.")] = Norm.filter,
             ignore: Annotated[Ignore, typer.Option(help="biasbn: zero direction for 1-D tensors.")] = Ignore.biasbn,
             bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
-            seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu") -> None:
+            seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu",
+            workers: WorkersOpt = None, scheduler: SchedulerOpt = None, subset: SubsetOpt = None,
+            memory: MemoryOpt = "1GiB") -> None:
     """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
     from lossatlas.directions import DirectionSpec
     from lossatlas.evaluate import EvalSpec
@@ -155,11 +174,13 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
 
     x_axis, y_axis = Axis.parse(x, "--x"), (Axis.parse(y, "--y") if y is not None else None)
     dspec = DirectionSpec(norm=norm, ignore=ignore, seed=seed)
-    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn)
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset), subset_seed=seed,
+                     memory_bytes=parse_memory(memory))
     dataset, net, provenance = load_problem(model, data, checkpoint)
-    with progress_bar("surface") as update:
+    with make_executor(workers, scheduler) as executor, progress_bar("surface") as update:
         ds = compute(net, dataset, x=x_axis, y=y_axis, directions=dspec, eval_spec=espec, out=out,
-                     overwrite=overwrite, provenance=provenance, progress=update, device=_device(device))
+                     overwrite=overwrite, provenance=provenance, progress=update, device=_device(device),
+                     executor=executor)
     _summary(ds, out)
 
 
@@ -170,7 +191,8 @@ def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
                 checkpoint2: Annotated[Path, typer.Option("--checkpoint2", help="Model B (α = 1).")],
                 x: Annotated[str, typer.Option("--x", help="MIN:MAX:N values of α.")] = "-0.5:1.5:41",
                 bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
-                overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu") -> None:
+                overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu", workers: WorkersOpt = None,
+                scheduler: SchedulerOpt = None, subset: SubsetOpt = None, memory: MemoryOpt = "1GiB") -> None:
     """Loss along the straight line (1 − α) θ_A + α θ_B between two checkpoints (Goodfellow et al.)."""
     from lossatlas.evaluate import EvalSpec
     from lossatlas.params import file_sha256, load_checkpoint
@@ -178,13 +200,14 @@ def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
     from lossatlas.surface import interpolate as compute
 
     axis = Axis.parse(x, "--x")
-    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn)
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset),
+                     memory_bytes=parse_memory(memory))
     dataset, model_a, provenance = load_problem(model, data, checkpoint)
     model_b = load_checkpoint(model_a, checkpoint2)
     provenance.update(checkpoint2=str(checkpoint2), checkpoint2_sha256=file_sha256(checkpoint2))
-    with progress_bar("interpolation") as update:
+    with make_executor(workers, scheduler) as executor, progress_bar("interpolation") as update:
         ds = compute(model_a, model_b, dataset, x=axis, eval_spec=espec, out=out, overwrite=overwrite,
-                     provenance=provenance, progress=update, device=_device(device))
+                     provenance=provenance, progress=update, device=_device(device), executor=executor)
     _summary(ds, out)
 
 
@@ -195,14 +218,74 @@ def plot(store: Annotated[Path, typer.Argument(help="A store written by surface 
          log: Annotated[bool, typer.Option("--log", help="Log-scale loss.")] = False,
          vmin: Annotated[float | None, typer.Option(help="Lowest contour level.")] = None,
          vmax: Annotated[float | None, typer.Option(help="Highest contour level.")] = None,
-         vlevel: Annotated[float | None, typer.Option(help="Spacing of contour levels.")] = None) -> None:
-    """Static PNGs: 1D loss + accuracy on twin axes; 2D contour, filled contour and 3D surface."""
-    from lossatlas.plot import Levels, plot_store
+         vlevel: Annotated[float | None, typer.Option(help="Spacing of contour levels.")] = None,
+         metric: Annotated[list[str] | None, typer.Option("--metric", help="2D variable to plot (repeatable; "
+                                                          "default: every loss and map).")] = None,
+         kind: Annotated[list[str] | None, typer.Option("--kind", help="contour, contourf, heatmap or "
+                                                        "surface3d (repeatable; default: all).")] = None) -> None:
+    """Static PNGs: 1D loss + accuracy on twin axes; 2D contour, filled contour, heatmap and 3D surface."""
+    from lossatlas.plot import Levels, parse_kinds, plot_store
 
     if vlevel is not None and vlevel <= 0:
         raise UserInputError(f"--vlevel must be positive, got {vlevel}")
-    for path in plot_store(store, out, log=log, levels=Levels(vmin, vmax, vlevel)):
+    for path in plot_store(store, out, log=log, levels=Levels(vmin, vmax, vlevel), metrics=metric or None,
+                           kinds=parse_kinds(kind) if kind else None):
         out_console.print(str(path))
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (or one .zarr store).")],
+           out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: RUN_DIR/report.html).")]
+           = None,
+           title: Annotated[str | None, typer.Option("--title", help="Page heading.")] = None) -> None:
+    """One self-contained HTML report (interactive plots, provenance) of every result in a run directory."""
+    from lossatlas.report import build_report
+
+    result = build_report(run_dir, out, title=title)
+    for problem in result.problems:
+        console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True, markup=False)
+    out_console.print(f"wrote {result.path} ({result.sections} sections, {result.figures} figures, "
+                      f"{result.seconds:.1f} s)", highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(stores: Annotated[list[Path], typer.Argument(help="Stores to show side by side.")],
+            out: Annotated[Path, typer.Option("--out", help="Image file (.png, .pdf or .svg).")]
+            = Path("compare.png"),
+            metric: Annotated[str, typer.Option("--metric", help="Variable to compare.")] = "train_loss",
+            kind: Annotated[str, typer.Option("--kind", help="contour, contourf, heatmap or surface3d.")]
+            = "contourf",
+            log: Annotated[bool, typer.Option("--log", help="Log-scale values.")] = False,
+            vmin: Annotated[float | None, typer.Option(help="Lowest level of the shared scale.")] = None,
+            vmax: Annotated[float | None, typer.Option(help="Highest level of the shared scale.")] = None,
+            vlevel: Annotated[float | None, typer.Option(help="Spacing of the shared contour levels.")] = None
+            ) -> None:
+    """Several surfaces side by side on one shared colour scale with identical contour levels."""
+    from lossatlas.compare import compare_stores
+    from lossatlas.plot import Levels, parse_kinds
+
+    path = compare_stores(stores, out, metric=metric, log=log, levels=Levels(vmin, vmax, vlevel),
+                          kind=parse_kinds([kind])[0])
+    out_console.print(str(path))
+
+
+@app.command()
+@user_errors
+def export(store: Annotated[Path, typer.Argument(help="A store written by surface or interpolate.")],
+           out: Annotated[Path | None, typer.Option("--out", help="Output file (default: beside the store).")]
+           = None,
+           format: Annotated[str, typer.Option("--format", help="vtu, obj, stl, ply (2D meshes) or csv.")] = "vtu",
+           metric: Annotated[str, typer.Option("--metric", help="Height of the mesh.")] = "train_loss",
+           z_scale: Annotated[float, typer.Option("--z-scale", help="Multiply heights by this.")] = 1.0,
+           log: Annotated[bool, typer.Option("--log", help="Height = log10 of the metric.")] = False) -> None:
+    """Export a surface as a mesh for ParaView / 3D printing (NaN points dropped) or as CSV."""
+    from lossatlas.export import export_store, parse_format
+
+    fmt = parse_format(format)
+    target = out if out is not None else store.with_name(f"{store.name.removesuffix('.zarr')}.{fmt.value}")
+    out_console.print(str(export_store(store, target, fmt, metric=metric, z_scale=z_scale, log=log)))
 
 
 @app.command()

@@ -1,14 +1,23 @@
 """Static matplotlib figures of stored surfaces.
 
 1D stores: loss (train solid, test dashed) on the left axis and accuracy on a twin right axis, as in
-Li et al. 2018 Fig. 2. 2D stores: contour lines, filled contours and a 3D surface of a metric.
-Non-finite points (NaN/inf losses of diverged points) are masked, never plotted as numbers.
+Li et al. 2018 Fig. 2, with ``± stderr`` bands where a ``<metric>_stderr`` variable is stored.
+2D stores: contour lines with Li et al.-style levels ``arange(vmin, vmax, vlevel)`` (their
+``plot_2D.py``), filled contours, a heatmap and a 3D surface of a metric, optionally in log10.
+Non-finite points (NaN/inf losses of diverged points; non-positive values in log scale) are masked,
+never plotted as numbers: they are left blank (grey in heatmaps) and marked with small grey crosses.
+
+:func:`shared_scale` gives one colour range and one set of levels for several arrays; the ``compare``
+command (:mod:`lossatlas.compare`) uses it so panels side by side are directly comparable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,9 +25,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from lossatlas.errors import UserInputError  # noqa: E402
-from lossatlas.store import open_surface  # noqa: E402
+from lossatlas.store import COMPLETED, open_surface  # noqa: E402
+
+STDERR = "_stderr"
+
+
+class PlotKind(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """Static 2D figure kinds."""
+
+    contour = "contour"
+    """Contour lines with labels (Li et al. 2018 style, ``cmap='summer'``)."""
+    contourf = "contourf"
+    """Filled contours with a colour bar."""
+    heatmap = "heatmap"
+    """One cell per grid point (``pcolormesh``); masked points grey."""
+    surface3d = "surface3d"
+    """A 3D surface."""
 
 
 @dataclass(frozen=True)
@@ -29,36 +55,146 @@ class Levels:
     vmax: float | None = None
     vlevel: float | None = None
 
-    def values(self, z: np.ndarray, log: bool = False) -> np.ndarray | int:
-        finite = z[np.isfinite(z)]
-        if finite.size == 0:
-            return 10
+    def __post_init__(self) -> None:
+        if self.vlevel is not None and not self.vlevel > 0:
+            raise UserInputError(f"--vlevel must be positive, got {self.vlevel}")
+        if self.vmin is not None and self.vmax is not None and not self.vmax > self.vmin:
+            raise UserInputError(f"--vmax must be larger than --vmin, got {self.vmin} and {self.vmax}")
+
+    def bounds(self, z: np.ndarray, log: bool = False) -> tuple[float, float] | None:
+        """``(lo, hi)`` of the colour scale in plotted units (log10 if ``log``); None if nothing is finite."""
+        finite = z[np.isfinite(z) & ((z > 0) if log else True)]
+        if finite.size == 0 and (self.vmin is None or self.vmax is None):
+            return None
         lo = self.vmin if self.vmin is not None else float(finite.min())
         hi = self.vmax if self.vmax is not None else float(finite.max())
         if log:
-            lo, hi = np.log10(max(lo, 1e-12)), np.log10(max(hi, 1e-12))
+            lo, hi = float(np.log10(max(lo, 1e-12))), float(np.log10(max(hi, 1e-12)))
         if hi <= lo:
-            hi = lo + 1e-6
+            hi = lo + max(1e-6, abs(lo) * 1e-6)
+        return lo, hi
+
+    def values(self, z: np.ndarray, log: bool = False) -> np.ndarray:
+        """Contour levels (plotted units) for the finite values of ``z`` (pool arrays for a shared scale)."""
+        b = self.bounds(np.asarray(z, dtype=float), log)
+        if b is None:
+            return np.linspace(0.0, 1.0, 11)
+        lo, hi = b
         if self.vlevel is not None and not log:
-            return np.arange(lo, hi + 1e-12, self.vlevel)
+            lv = np.arange(lo, hi + 1e-12, self.vlevel)
+            return lv if lv.size >= 2 else np.array([lo, hi])
         return np.linspace(lo, hi, 30)
 
 
-def _masked(z: np.ndarray, log: bool) -> np.ma.MaskedArray:
+def masked(z: np.ndarray, log: bool = False) -> np.ma.MaskedArray:
+    """``z`` (or log10 z) with NaN, ±inf (and, in log scale, z ≤ 0) masked."""
     z = np.asarray(z, dtype=float)
-    bad = ~np.isfinite(z) | ((z <= 0) if log else False)
-    zz = np.log10(np.where(bad, 1.0, z)) if log else z
+    bad = ~np.isfinite(z) | ((z <= 0) if log else np.zeros(z.shape, bool))
+    zz = np.log10(np.where(bad, 1.0, z)) if log else np.where(bad, 0.0, z)
     return np.ma.masked_array(zz, mask=bad)
 
 
-def plot_1d(ds: xr.Dataset, path: Path, log: bool = False, title: str | None = None) -> Path:
-    """Loss and accuracy against ``x`` on twin axes (train solid, test dashed)."""
+_masked = masked  # backwards-compatible name
+
+
+def shared_scale(arrays: Sequence[np.ndarray], log: bool = False,
+                 levels: Levels = Levels()) -> tuple[Normalize, np.ndarray]:
+    """One colour normalisation and one set of contour levels for all ``arrays`` (plotted units)."""
+    pooled = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays]) if arrays else np.zeros(0)
+    lv = levels.values(pooled, log)
+    return Normalize(vmin=float(lv[0]), vmax=float(lv[-1])), lv
+
+
+def metric_label(metric: str, log: bool) -> str:
+    return f"log10 {metric}" if log else metric
+
+
+def grid_2d(ds: xr.Dataset, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(xx, yy, z)`` meshes, rows following y and columns following x (whatever the store's dim order)."""
+    if metric not in ds:
+        names = ", ".join(str(v) for v in ds.data_vars if v != COMPLETED)
+        raise UserInputError(f"the store has no metric '{metric}'; it has {names}")
+    if set(ds[metric].dims) != {"x", "y"}:
+        raise UserInputError(f"'{metric}' is not a 2D (x, y) variable; plot a 2D surface store")
+    xx, yy = np.meshgrid(ds["x"].values, ds["y"].values)
+    return xx, yy, np.asarray(ds[metric].transpose("y", "x").values, dtype=float)
+
+
+def draw_2d(fig: Figure, ax: Any, xx: np.ndarray, yy: np.ndarray, z: np.ndarray, kind: PlotKind, log: bool,
+            norm: Normalize, lv: np.ndarray, label: str, colorbar: bool = True) -> Any:
+    """Draw one 2D panel on ``ax`` (a 3D axes for ``surface3d``); returns the main artist.
+
+    All panels drawn with the same ``norm`` and ``lv`` share colours and contour levels exactly.
+    """
+    zm = masked(z, log)
+    if kind == PlotKind.contour:
+        artist = ax.contour(xx, yy, zm, levels=lv, cmap="summer", norm=norm)
+        if len(artist.levels):
+            ax.clabel(artist, inline=True, fontsize=7)
+    elif kind == PlotKind.contourf:
+        artist = ax.contourf(xx, yy, zm, levels=lv, cmap="viridis", norm=norm, extend="both")
+        ax.contour(xx, yy, zm, levels=lv, colors="k", linewidths=0.3, norm=norm)
+    elif kind == PlotKind.heatmap:
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#cccccc")
+        artist = ax.pcolormesh(xx, yy, zm, cmap=cmap, norm=norm, shading="nearest")
+    else:
+        artist = ax.plot_surface(xx, yy, np.ma.filled(zm, np.nan), cmap="viridis", norm=norm, linewidth=0,
+                                 antialiased=True)
+        ax.set_zlim(norm.vmin, norm.vmax)
+        ax.set(xlabel="x", ylabel="y", zlabel=label)
+    if kind != PlotKind.surface3d:
+        if zm.mask.any():
+            ax.plot(xx[zm.mask], yy[zm.mask], "x", color="0.45", markersize=4, label="non-finite")
+        ax.set(xlabel="x", ylabel="y")
+        ax.set_aspect("equal", adjustable="box")
+    if colorbar and kind != PlotKind.contour:
+        fig.colorbar(artist, ax=ax, label=label, shrink=0.8)
+    return artist
+
+
+def figure_2d(ds: xr.Dataset, metric: str, kind: PlotKind, log: bool = False,
+              levels: Levels = Levels(), title: str | None = None) -> Figure:
+    """One static figure of a 2D metric (see :class:`PlotKind`)."""
+    xx, yy, z = grid_2d(ds, metric)
+    norm, lv = shared_scale([z], log, levels)
+    fig = plt.figure(figsize=(6, 5) if kind == PlotKind.surface3d else (5.5, 4.5))
+    ax = fig.add_subplot(projection="3d") if kind == PlotKind.surface3d else fig.add_subplot()
+    label = metric_label(metric, log)
+    draw_2d(fig, ax, xx, yy, z, kind, log, norm, lv, label)
+    ax.set_title(title or label, fontsize=10)
+    return fig
+
+
+def plot_2d(ds: xr.Dataset, out_dir: Path, stem: str, metric: str = "train_loss", log: bool = False,
+            levels: Levels = Levels(), kinds: Sequence[PlotKind] = tuple(PlotKind)) -> list[Path]:
+    """A PNG of ``metric`` per kind (contour, filled contour, heatmap, 3D surface); returns the paths."""
+    paths = []
+    for kind in kinds:
+        fig = figure_2d(ds, metric, PlotKind(kind), log, levels)
+        paths.append(Path(out_dir) / f"{stem}_{metric}_{PlotKind(kind).value}.png")
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return paths
+
+
+def figure_1d(ds: xr.Dataset, log: bool = False, title: str | None = None) -> Figure:
+    """Loss and accuracy against ``x`` on twin axes (train solid, test dashed), ``± stderr`` bands."""
     x = ds["x"].values
     fig, ax = plt.subplots(figsize=(6, 4))
-    for split, style in (("train", "-"), ("test", "--")):
-        if f"{split}_loss" in ds:
-            ax.plot(x, _masked(ds[f"{split}_loss"].values, False), style, color="tab:blue",
-                    label=f"{split} loss")
+
+    def draw(axis: Any, metric: str, color: str, scale: float) -> None:
+        for split, style in (("train", "-"), ("test", "--")):
+            name = f"{split}_{metric}"
+            if name not in ds:
+                continue
+            v = scale * masked(ds[name].values, False)
+            axis.plot(x, v, style, color=color, label=f"{split} {metric}")
+            if f"{name}{STDERR}" in ds:
+                se = scale * np.ma.filled(masked(ds[f"{name}{STDERR}"].values, False), np.nan)
+                vv = np.ma.filled(v, np.nan)
+                axis.fill_between(x, vv - se, vv + se, color=color, alpha=0.2, linewidth=0)
+
+    draw(ax, "loss", "tab:blue", 1.0)
     ax.set_xlabel("α" if ds.attrs.get("kind") == "interpolation" else "x")
     ax.set_ylabel("loss", color="tab:blue")
     if log:
@@ -66,63 +202,46 @@ def plot_1d(ds: xr.Dataset, path: Path, log: bool = False, title: str | None = N
     handles, labels = ax.get_legend_handles_labels()
     if any(f"{s}_accuracy" in ds for s in ("train", "test")):
         ax2 = ax.twinx()
-        for split, style in (("train", "-"), ("test", "--")):
-            if f"{split}_accuracy" in ds:
-                ax2.plot(x, 100 * _masked(ds[f"{split}_accuracy"].values, False), style, color="tab:red",
-                         label=f"{split} accuracy")
+        draw(ax2, "accuracy", "tab:red", 100.0)
         ax2.set_ylabel("accuracy (%)", color="tab:red")
         ax2.set_ylim(0, 100)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="best", fontsize=8)
-    ax.set_title(title or ds.attrs.get("model", ""), fontsize=9)
+    if handles:
+        ax.legend(handles, labels, loc="best", fontsize=8)
+    ax.set_title(title or str(ds.attrs.get("model", "")), fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_1d(ds: xr.Dataset, path: Path, log: bool = False, title: str | None = None) -> Path:
+    """Write :func:`figure_1d` to ``path``."""
+    fig = figure_1d(ds, log, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_2d(ds: xr.Dataset, out_dir: Path, stem: str, metric: str = "train_loss", log: bool = False,
-            levels: Levels = Levels()) -> list[Path]:
-    """Contour, filled contour and 3D surface PNGs of ``metric``; returns the written paths."""
-    if metric not in ds:
-        raise UserInputError(f"the store has no metric '{metric}'; it has {', '.join(map(str, ds.data_vars))}")
-    z = ds[metric].transpose("y", "x").values  # rows follow y, columns follow x
-    xx, yy = np.meshgrid(ds["x"].values, ds["y"].values)
-    zm = _masked(z, log)
-    lv = levels.values(z, log)
-    label = f"log10 {metric}" if log else metric
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    cs = ax.contour(xx, yy, zm, levels=lv, cmap="summer")
-    ax.clabel(cs, inline=True, fontsize=7)
-    ax.set(xlabel="x", ylabel="y", title=label)
-    paths.append(out_dir / f"{stem}_{metric}_contour.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    cf = ax.contourf(xx, yy, zm, levels=lv, cmap="viridis")
-    fig.colorbar(cf, ax=ax, label=label)
-    ax.set(xlabel="x", ylabel="y", title=label)
-    paths.append(out_dir / f"{stem}_{metric}_contourf.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-    fig = plt.figure(figsize=(6, 5))
-    ax3 = fig.add_subplot(projection="3d")
-    ax3.plot_surface(xx, yy, np.ma.filled(zm, np.nan), cmap="viridis", linewidth=0, antialiased=True)
-    ax3.set(xlabel="x", ylabel="y", zlabel=label)
-    paths.append(out_dir / f"{stem}_{metric}_surface3d.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+def default_metrics(ds: xr.Dataset) -> list[str]:
+    """What ``plot`` draws by default: every loss and other float map on (x, y), not accuracies or stderrs."""
+    out = []
+    for name, var in ds.data_vars.items():
+        n = str(name)
+        if n == COMPLETED or n.endswith(STDERR) or n.endswith("_accuracy") or var.dtype.kind != "f":
+            continue
+        if set(var.dims) == {"x", "y"}:
+            out.append(n)
+    return sorted(out, key=lambda n: (not n.endswith("_loss"), not n.startswith("train"), n))
 
 
 def plot_store(store: str | Path, out_dir: str | Path | None = None, log: bool = False,
-               levels: Levels = Levels()) -> list[Path]:
-    """Every static figure for a store; PNGs go to ``out_dir`` (default: beside the store)."""
+               levels: Levels = Levels(), metrics: Sequence[str] | None = None,
+               kinds: Sequence[PlotKind] | None = None) -> list[Path]:
+    """Every static figure for a store; PNGs go to ``out_dir`` (default: beside the store).
+
+    1D stores give one twin-axes PNG; 2D stores one PNG per metric (default: losses and other maps such
+    as ``lambda_min``) and kind (default: contour, filled contour, heatmap, 3D surface).
+    """
     store = Path(store)
     ds = open_surface(store)
     out = Path(out_dir) if out_dir is not None else store.parent
@@ -131,7 +250,18 @@ def plot_store(store: str | Path, out_dir: str | Path | None = None, log: bool =
     if "y" not in ds.dims:
         return [plot_1d(ds, out / f"{stem}_1d.png", log=log)]
     paths = []
-    for metric in ("train_loss", "test_loss"):
-        if metric in ds:
-            paths += plot_2d(ds, out, stem, metric, log=log, levels=levels)
+    for metric in metrics or default_metrics(ds):
+        paths += plot_2d(ds, out, stem, metric, log=log, levels=levels, kinds=kinds or tuple(PlotKind))
     return paths
+
+
+def parse_kinds(names: Sequence[str]) -> list[PlotKind]:
+    """``["contour", "heatmap"]`` → kinds; a one-line error naming the choices otherwise."""
+    out = []
+    for name in names:
+        try:
+            out.append(PlotKind(str(name).lower()))
+        except ValueError:
+            choices = ", ".join(k.value for k in PlotKind)
+            raise UserInputError(f"--kind must be one of {choices}, got '{name}'") from None
+    return out

@@ -1,0 +1,21 @@
+"""A deliberately slow model for kill-and-resume tests (loaded through the file.py:function spec)."""
+
+import time
+
+import torch
+from torch import nn
+
+
+class Slow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return self.body(x)
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return Slow()

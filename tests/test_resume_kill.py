@@ -1,0 +1,53 @@
+"""A surface killed with SIGKILL mid-run resumes to exactly the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from lossatlas.store import COMPLETED, open_surface
+
+HERE = Path(__file__).parent
+
+
+def _completed(store: Path) -> int:
+    try:
+        return int(np.asarray(zarr.open_group(str(store), mode="r")[COMPLETED][...]).sum())
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ) -> None:
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=rng.normal(size=(40, 5)).astype(np.float32), y=rng.integers(0, 3, 40))
+    args = ["surface", "--model", f"{HERE / 'slow_model.py'}:build", "--data", str(npz), "--x", "-1:1:12",
+            "--y", "-1:1:4", "--batch-size", "20", "--seed", "2"]
+    cmd = [sys.executable, "-m", "lossatlas", *args]
+    full = subprocess.run([*cmd, "--out", str(tmp_path / "full.zarr")], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    out = tmp_path / "cut.zarr"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _completed(out) < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make the model slower"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = _completed(out)
+    assert 0 < done_at_kill < 48
+
+    resumed = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = open_surface(tmp_path / "full.zarr"), open_surface(out)
+    for var in ("train_loss", "train_accuracy"):
+        np.testing.assert_array_equal(b[var].values, a[var].values)
+    assert bool(b[COMPLETED].all())
