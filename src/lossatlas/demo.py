@@ -3,7 +3,7 @@
 1. train ``zoo:mlp`` (40-100-100-10) on MNIST-1D (Greydanus 2020) with Adam, checkpoints per epoch;
 2. a 2D filter-normalised surface (Li et al. 2018) around the solution;
 3. the init → solution interpolation (Goodfellow et al. 2015), α ∈ [−0.5, 1.5];
-4. PNGs and ``summary.txt`` in the output folder.
+4. PNGs, ``summary.txt`` and the self-contained HTML report ``report.html`` in the output folder.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lossatlas.evaluate import EvalSpec
 from lossatlas.models import build_model
 from lossatlas.params import file_sha256, load_checkpoint
 from lossatlas.plot import plot_store
+from lossatlas.report import build_report
 from lossatlas.surface import interpolate, surface
 from lossatlas.train import TrainSpec, checkpoint_path, train
 
@@ -58,7 +59,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, grid: int = 31,
     interp = interpolate(initial, solution, data, x="-0.5:1.5:41", out=out / "interpolation.zarr",
                          provenance=prov_i, progress=progress)
 
-    log("[4/4] plots")
+    log("[4/4] plots and report")
     pngs = plot_store(out / "surface.zarr", out) + plot_store(out / "interpolation.zarr", out)
 
     centre = surf.sel(x=0.0, y=0.0, method="nearest")
@@ -78,4 +79,5 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, grid: int = 31,
     ]
     text = "\n".join(lines) + "\n"
     (out / "summary.txt").write_text(text)
-    return text
+    report = build_report(out)
+    return text + f"report: {report.path}\n"

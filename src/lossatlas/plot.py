@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lossatlas.errors import UserInputError  # noqa: E402
 from lossatlas.store import COMPLETED, open_surface  # noqa: E402
@@ -148,7 +149,7 @@ def draw_2d(fig: Figure, ax: Any, xx: np.ndarray, yy: np.ndarray, z: np.ndarray,
         ax.set(xlabel="x", ylabel="y")
         ax.set_aspect("equal", adjustable="box")
     if colorbar and kind != PlotKind.contour:
-        fig.colorbar(artist, ax=ax, label=label, shrink=0.8)
+        fig.colorbar(artist, ax=ax, label=label, shrink=0.8, pad=0.12 if kind == PlotKind.surface3d else 0.05)
     return artist
 
 
@@ -222,6 +223,82 @@ def plot_1d(ds: xr.Dataset, path: Path, log: bool = False, title: str | None = N
     return path
 
 
+def plot_spectrum(ds: xr.Dataset, path: Path) -> Path:
+    """A ``lossatlas hessian`` result: extreme eigenvalues (stems) and the SLQ density (log scale, band).
+
+    Left: top-k and bottom-k eigenvalues against their rank. Right: the smoothed spectral density
+    (Ghorbani et al. 2019, Fig. 1 style, log y) with its probe band and the eigenvalues as dashed lines.
+    """
+    panels = [name for name in ("eigen", "density")
+              if (name == "eigen" and ("top_eigenvalues" in ds or "bottom_eigenvalues" in ds))
+              or (name == "density" and "density" in ds)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False)
+    a = ds.attrs
+    for ax, panel in zip(axes[0], panels, strict=False):
+        if panel == "eigen":
+            for end, color in (("top", "tab:blue"), ("bottom", "tab:red")):
+                if f"{end}_eigenvalues" in ds:
+                    v = ds[f"{end}_eigenvalues"].values
+                    ax.stem(np.arange(1, len(v) + 1), v, linefmt=color, markerfmt="o", basefmt=" ",
+                            label=f"{end}-{len(v)}")
+            ax.axhline(0.0, color="grey", lw=0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set(xlabel="rank", ylabel="eigenvalue", title="extreme Hessian eigenvalues")
+            ax.legend(fontsize=8)
+        else:
+            grid = ds["grid"].values
+            floor = max(float(np.nanmax(ds["density"].values)) * 1e-6, 1e-300)
+            ax.fill_between(grid, np.maximum(ds["density_lo"].values, floor),
+                            np.maximum(ds["density_hi"].values, floor),
+                            color="tab:blue", alpha=0.25, linewidth=0, label="±2 s.e. across probes")
+            ax.set_ylim(bottom=floor)
+            ax.plot(grid, np.maximum(ds["density"].values, floor), color="tab:blue", label="density")
+            for end in ("top", "bottom"):
+                for v in ds[f"{end}_eigenvalues"].values if f"{end}_eigenvalues" in ds else []:
+                    ax.axvline(float(v), color="tab:red", ls="--", lw=0.6)
+            ax.set_yscale("log")
+            ax.set(xlabel="eigenvalue", ylabel="density", title="spectral density (SLQ)")
+            ax.legend(fontsize=8)
+    notes = [f"n = {a.get('n_params', '?')}", f"dtype {a.get('dtype', '?')}", f"HVPs {a.get('hvp_count', '?')}"]
+    if "trace" in a:
+        notes.append(f"tr(H) = {float(a['trace']):.4g} ± {float(a['trace_stderr']):.2g}")
+    if "negative_mass" in a:
+        notes.append(f"negative mass {float(a['negative_mass']):.3g}")
+    if "critical_kind" in a:
+        notes.append(f"{a['critical_kind']} (index {float(a['index']):.3g})")
+    fig.suptitle(f"{a.get('model', '')} — " + "; ".join(notes), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_convexity(ds: xr.Dataset, path: Path) -> Path:
+    """λmax, λmin and |λmin/λmax| over a surface's grid (Li et al. 2018, Fig. 7); NaN points left blank."""
+    names = [("lambda_max", "λmax", "viridis"), ("lambda_min", "λmin", "coolwarm"),
+             ("convexity_ratio", "|λmin / λmax|", "magma")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (name, title, cmap) in zip(axes, names, strict=True):
+        if "y" in ds.dims:
+            z = masked(ds[name].transpose("y", "x").values)
+            norm = None
+            if name == "lambda_min":
+                lim = float(np.nanmax(np.abs(np.ma.filled(z, np.nan)))) if z.count() else 1.0
+                norm = Normalize(-lim, lim) if lim > 0 else None
+            mesh = ax.pcolormesh(ds["x"].values, ds["y"].values, z, cmap=cmap, norm=norm, shading="auto")
+            fig.colorbar(mesh, ax=ax)
+            ax.set(xlabel="x", ylabel="y")
+        else:
+            ax.plot(ds["x"].values, masked(ds[name].values), color="tab:blue")
+            ax.axhline(0.0, color="grey", lw=0.5)
+            ax.set(xlabel="x")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def default_metrics(ds: xr.Dataset) -> list[str]:
     """What ``plot`` draws by default: every loss and other float map on (x, y), not accuracies or stderrs."""
     out = []
@@ -247,12 +324,15 @@ def plot_store(store: str | Path, out_dir: str | Path | None = None, log: bool =
     out = Path(out_dir) if out_dir is not None else store.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = store.name.removesuffix(".zarr")
+    if ds.attrs.get("kind") == "hessian":
+        return [plot_spectrum(ds, out / f"{stem}_spectrum.png")]
+    convexity = [plot_convexity(ds, out / f"{stem}_convexity.png")] if "convexity_ratio" in ds else []
     if "y" not in ds.dims:
-        return [plot_1d(ds, out / f"{stem}_1d.png", log=log)]
+        return [plot_1d(ds, out / f"{stem}_1d.png", log=log), *convexity]
     paths = []
     for metric in metrics or default_metrics(ds):
         paths += plot_2d(ds, out, stem, metric, log=log, levels=levels, kinds=kinds or tuple(PlotKind))
-    return paths
+    return paths + convexity
 
 
 def parse_kinds(names: Sequence[str]) -> list[PlotKind]:

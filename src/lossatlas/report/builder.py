@@ -26,11 +26,19 @@ import zarr
 
 from lossatlas import __version__
 from lossatlas.errors import UserInputError
-from lossatlas.report.registry import Section, artifact_builders, artifact_patterns, esc, store_builders
+from lossatlas.report.registry import (
+    Section,
+    artifact_builders,
+    artifact_patterns,
+    esc,
+    load_sections,
+    store_builders,
+)
 from lossatlas.store import open_surface
 
 _SKIP_DIRS = {"checkpoints", "__pycache__", "node_modules"}
-_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
+_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
+                  "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
 @dataclass(frozen=True)
@@ -97,13 +105,15 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def collect_sections(run_dir: Path, strict: bool = False) -> tuple[list[Section], dict[str, Mapping[str, Any]],
-                                                                   list[str]]:
+def collect_sections(run_dir: Path, strict: bool = False
+                     ) -> tuple[list[Section], dict[str, Mapping[str, Any]], list[str]]:
     """Every section of the report, provenance per source, and problems (builder errors, unknown stores)."""
+    problems: list[str] = load_sections()
+    if problems and strict:
+        raise RuntimeError("; ".join(problems))
     stores, files = scan_run_dir(run_dir)
     sections: list[Section] = []
     provenance: dict[str, Mapping[str, Any]] = {}
-    problems: list[str] = []
 
     def run(builder: Any, args: tuple[Any, ...], order: int, source: Path) -> None:
         try:
@@ -112,8 +122,9 @@ def collect_sections(run_dir: Path, strict: bool = False) -> tuple[list[Section]
             if strict:
                 raise
             name = getattr(builder, "__qualname__", "builder")
-            problems.append(f"{_rel(source, run_dir)}: {name} failed: {type(exc).__name__}: {exc}")
-            traceback.print_exc()
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            problems.append(f"{_rel(source, run_dir)}: section {name} failed ({Path(frame.filename).name}:"
+                            f"{frame.lineno}): {type(exc).__name__}: {exc}")
             return
         for section in [out] if isinstance(out, Section) else list(out or []):
             sections.append(replace(section, order=order, source=source))
@@ -183,7 +194,8 @@ def render_html(run_dir: Path, sections: list[Section], provenance: Mapping[str,
             wide = " wide" if any(t.type in ("surface", "mesh3d") for t in fig.data) else ""
             figs.append(f'<div class="fig{wide}">{_figure_html(fig, f"fig-{n_fig}")}</div>')
             n_fig += 1
-        source = f'<p class="source">from <code>{esc(_rel(sec.source, run_dir))}</code></p>' if sec.source else ""
+        source = (f'<p class="source">from <code>{esc(_rel(sec.source, run_dir))}</code></p>'
+                  if sec.source else "")
         body.append(f'<section class="la-section" id="{anchor}"><h2>{esc(sec.title)}</h2>{source}'
                     f'{sec.html}<div class="figs">{"".join(figs)}</div></section>')
     toc.append('<li><a href="#provenance">Provenance</a></li>')
@@ -198,14 +210,14 @@ def render_html(run_dir: Path, sections: list[Section], provenance: Mapping[str,
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:; worker-src blob:">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <title>{esc(heading)}</title>
 <style>{_CSS}</style>
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <header><h1>{esc(heading)}</h1>
-<p class="meta">run directory <code>{esc(run_dir)}</code> · generated {esc(created)} by lossatlas {esc(__version__)}
-· {len(sections)} sections · {n_fig} figures</p>
+<p class="meta">run directory <code>{esc(run_dir)}</code> · generated {esc(created)}
+by lossatlas {esc(__version__)} · {len(sections)} sections · {n_fig} figures</p>
 <nav><ol>{"".join(toc)}</ol></nav></header>
 <main>{issues}{"".join(body)}
 <section class="la-section" id="provenance"><h2>Provenance</h2>
@@ -232,7 +244,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, title: str 
         raise UserInputError(f"run directory '{run_dir}' does not exist; pass a folder written by lossatlas")
     if not run_dir.is_dir():
         raise UserInputError(f"'{run_dir}' is not a directory; pass a run directory or a .zarr store")
-    target = Path(out) if out is not None else (run_dir.parent if _is_store(run_dir) else run_dir) / "report.html"
+    default = (run_dir.parent if _is_store(run_dir) else run_dir) / "report.html"
+    target = Path(out) if out is not None else default
     if target.suffix.lower() not in {".html", ".htm"}:
         raise UserInputError(f"--out must end in .html, got '{target}'")
     sections, provenance, problems = collect_sections(run_dir, strict=strict)
@@ -248,8 +261,14 @@ def iter_figures(sections: list[Section]) -> Iterator[Any]:
         yield from sec.figures
 
 
+# The page may load nothing from anywhere (no connect/src outside the file): defence in depth on top of
+# escaping; inline scripts are needed for plotly.js and the figures, 'unsafe-eval' for plotly's WebGL code.
+_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:; worker-src blob:")
+
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2933;background:#f6f7f9}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2933;
+background:#f6f7f9}
 header{background:#fff;border-bottom:1px solid #d9dee4;padding:16px 32px}
 h1{font-size:1.5rem;margin:0 0 4px}h2{font-size:1.2rem;margin:0 0 6px}
 .meta,.source{color:#52606d;font-size:.85rem;margin:2px 0 8px}

@@ -10,7 +10,8 @@ Conventions (what a store may hold; everything is optional except ``x``):
   (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7).
 
 Non-finite values (diverged points) are masked (NaN → gaps/holes), never plotted as numbers. Every
-string that ends up in a title, label or hover text passes through :func:`~lossatlas.report.registry.esc`.
+string that ends up in a title, label or hover text passes through
+:func:`~lossatlas.report.registry.plotly_text`.
 """
 
 from __future__ import annotations
@@ -21,18 +22,22 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from lossatlas.report.registry import esc
+from lossatlas.report.registry import esc, plotly_text
 from lossatlas.store import COMPLETED
 
 TEMPLATE = "plotly_white"
 STDERR = "_stderr"
 _SPLIT_DASH = {"train": "solid", "test": "dash"}
+TITLE_CHARS = 90
+"""Figure titles (which carry user strings such as the model spec) are shortened to this many characters."""
+LOG_RATIO = 50.0
+"""Loss contours start in log10 when max/min of the positive finite values exceeds this (buttons switch)."""
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
 def label(name: str) -> str:
-    """``train_loss`` → ``train loss`` (escaped)."""
-    return esc(str(name).replace("_", " "))
+    """``train_loss`` → ``train loss`` (escaped for plotly)."""
+    return plotly_text(str(name).replace("_", " "))
 
 
 def finite(values: np.ndarray) -> np.ndarray:
@@ -48,7 +53,7 @@ def grid_variables(ds: xr.Dataset, dims: Sequence[str]) -> list[str]:
     for name, var in ds.data_vars.items():
         if name == COMPLETED or str(name).endswith(STDERR) or var.dtype.kind != "f":
             continue
-        if sorted(var.dims) == sorted(dims):
+        if sorted(map(str, var.dims)) == sorted(dims):
             out.append(str(name))
     def key(v: str) -> tuple[int, int, str]:
         kind = 0 if v.endswith("_loss") else 1 if v.endswith("_accuracy") else 2
@@ -75,7 +80,8 @@ def _yx(ds: xr.Dataset, name: str) -> np.ndarray:
 
 def _hover(ds: xr.Dataset, names: Sequence[str], two_d: bool) -> tuple[np.ndarray, str]:
     """customdata (…, k) and a hovertemplate that shows x, y and every metric (± stderr where stored)."""
-    columns, parts = [], ["x = %{x:.4g}"] + (["y = %{y:.4g}"] if two_d else [])
+    columns: list[np.ndarray] = []
+    parts = ["x = %{x:.4g}"] + (["y = %{y:.4g}"] if two_d else [])
     for name in names:
         arr = _yx(ds, name) if two_d else finite(ds[name].values)
         i = len(columns)
@@ -119,7 +125,7 @@ def surface_3d(ds: xr.Dataset, title: str = "") -> go.Figure:
     buttons = [{"label": lab, "method": "update",
                 "args": [{"z": [z], "colorbar.title.text": lab}, {"scene.zaxis.title.text": lab}]}
                for lab, z in choices]
-    fig.update_layout(template=TEMPLATE, height=620, title={"text": esc(title)},
+    fig.update_layout(template=TEMPLATE, height=620, title={"text": plotly_text(title, TITLE_CHARS)},
                       margin={"l": 0, "r": 0, "t": 50, "b": 0},
                       scene={"xaxis_title": "x", "yaxis_title": "y", "zaxis_title": first_label,
                              "camera": {"eye": {"x": 1.5, "y": -1.5, "z": 1.0}}},
@@ -133,21 +139,40 @@ def _path_traces(ds: xr.Dataset) -> list[go.Scatter]:
         return []
     px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
     return [go.Scatter(x=px, y=py, mode="lines+markers", name="path", line={"color": "#d62728", "width": 2},
-                       marker={"size": 4}, hovertemplate="path<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>")]
+                       marker={"size": 4},
+                       hovertemplate="path<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>")]
 
 
 def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
     """Filled contour of a loss/accuracy (with contour labels, a star at the centre θ and any stored path),
-    or a heatmap of any other 2D map (diverging colours around 0 where it changes sign)."""
+    or a heatmap of any other 2D map (diverging colours around 0 where it changes sign).
+
+    Loss contours get linear/log10 buttons and start in log10 when the loss spans more than
+    :data:`LOG_RATIO` (as around a sharp minimum); the hover always shows the values themselves."""
     names = grid_variables(ds, ("x", "y"))
     custom, template = _hover(ds, names, two_d=True)
     z = _yx(ds, name)
     x, y = ds["x"].values, ds["y"].values
+    menus: list[dict] = []
     if _is_metric(name):
+        shown, title_text = z, label(name)
+        if name.endswith("_loss"):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zlog = finite(np.log10(z))
+            choices = [("linear", z, label(name)), ("log10", zlog, f"log10 {label(name)}")]
+            pos = z[np.isfinite(z) & (z > 0)]
+            if pos.size and pos.max() / pos.min() > LOG_RATIO:  # wide range: levels near the minimum
+                choices.reverse()
+            _, shown, title_text = choices[0]
+            menus = [{"buttons": [{"label": lab, "method": "restyle",
+                                   "args": [{"z": [zz], "colorbar.title.text": t}, [0]]}
+                                  for lab, zz, t in choices],
+                      "type": "buttons", "direction": "right", "x": 1.0, "y": 1.13, "xanchor": "right",
+                      "showactive": True, "font": {"size": 10}}]
         trace: go.Contour | go.Heatmap = go.Contour(
-            x=x, y=y, z=z, customdata=custom, hovertemplate=template, colorscale="Viridis", ncontours=30,
+            x=x, y=y, z=shown, customdata=custom, hovertemplate=template, colorscale="Viridis", ncontours=30,
             contours={"showlabels": True, "labelfont": {"size": 9, "color": "white"}},
-            colorbar={"title": {"text": label(name)}}, line={"width": 0.5})
+            colorbar={"title": {"text": title_text}}, line={"width": 0.5})
     else:
         trace = go.Heatmap(x=x, y=y, z=z, customdata=custom, hovertemplate=template,
                            colorbar={"title": {"text": label(name)}}, **_diverging(z))
@@ -159,9 +184,9 @@ def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
                                  marker={"symbol": "star", "size": 12, "color": "white",
                                          "line": {"color": "black", "width": 1}},
                                  hovertemplate="θ (centre)<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, height=460, title={"text": esc(title) or label(name)},
+    fig.update_layout(template=TEMPLATE, height=460, title={"text": plotly_text(title, TITLE_CHARS) or label(name)},
                       xaxis_title="x", yaxis_title="y", margin={"l": 50, "r": 10, "t": 50, "b": 45},
-                      legend={"orientation": "h", "y": -0.15})
+                      legend={"orientation": "h", "y": -0.15}, updatemenus=menus)
     fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
     return fig
 
@@ -169,9 +194,9 @@ def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
 def stderr_map(ds: xr.Dataset, name: str) -> go.Figure:
     """Heatmap of ``<name>_stderr`` (subset evaluation uncertainty) on the 2D grid."""
     se = f"{name}{STDERR}"
+    hover = "x = %{x:.4g}<br>y = %{y:.4g}<br>stderr = %{z:.3g}<extra></extra>"
     fig = go.Figure(go.Heatmap(x=ds["x"].values, y=ds["y"].values, z=_yx(ds, se), colorscale="Magma",
-                               colorbar={"title": {"text": label(se)}},
-                               hovertemplate="x = %{x:.4g}<br>y = %{y:.4g}<br>stderr = %{z:.3g}<extra></extra>"))
+                               colorbar={"title": {"text": label(se)}}, hovertemplate=hover))
     fig.update_layout(template=TEMPLATE, height=460, title={"text": f"standard error of {label(name)}"},
                       xaxis_title="x", yaxis_title="y", margin={"l": 50, "r": 10, "t": 50, "b": 45})
     fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
@@ -210,16 +235,17 @@ def curves_1d(ds: xr.Dataset, title: str = "", xlabel: str = "x") -> go.Figure:
         if se is not None:
             for band in _band(x, v, finite(ds[se].values) * scale, color, axis, name):
                 fig.add_trace(band)
-        fig.add_trace(go.Scatter(x=x, y=v, mode="lines", name=label(name) + (" (%)" if acc else ""), yaxis=axis,
-                                 legendgroup=name, customdata=custom, hovertemplate=template,
+        fig.add_trace(go.Scatter(x=x, y=v, mode="lines", name=label(name) + (" (%)" if acc else ""),
+                                 yaxis=axis, legendgroup=name, customdata=custom, hovertemplate=template,
                                  line={"color": color, "dash": _SPLIT_DASH.get(split, "dot"), "width": 2}))
-    layout: dict = {"template": TEMPLATE, "height": 460, "title": {"text": esc(title)},
-                    "xaxis": {"title": {"text": esc(xlabel)}}, "yaxis": {"title": {"text": "loss"}},
+    layout: dict = {"template": TEMPLATE, "height": 460, "title": {"text": plotly_text(title, TITLE_CHARS)},
+                    "xaxis": {"title": {"text": plotly_text(xlabel)}}, "yaxis": {"title": {"text": "loss"}},
                     "hovermode": "closest", "margin": {"l": 60, "r": 60, "t": 50, "b": 45},
                     "legend": {"orientation": "h", "y": -0.18}}
     if has_acc:
         layout["yaxis2"] = {"title": {"text": "accuracy (%)"}, "overlaying": "y", "side": "right",
-                            "range": [0, 100], "showgrid": False, "tickmode": "linear", "tick0": 0, "dtick": 10}
+                            "range": [0, 100], "showgrid": False,
+                            "tickmode": "linear", "tick0": 0, "dtick": 10}
     fig.update_layout(**layout)
     return fig
 

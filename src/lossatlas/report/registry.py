@@ -28,7 +28,7 @@ Stable API (other features build on it; keep it backwards compatible):
 
 Security contract: ``Section.html`` is inserted verbatim, so a builder must pass every string that came
 from a user or a store (model/data specs, paths, notes, attrs) through :func:`esc` before putting it into
-the fragment, and through :func:`esc` as well before using it in a plotly title, axis label, legend name or
+the fragment, and through :func:`plotly_text` before using it in a plotly title, axis label, legend name or
 hover text (plotly renders a subset of HTML there). ``Section.title`` and ``Section.provenance`` are
 escaped by the report itself.
 """
@@ -98,6 +98,7 @@ class ArtifactEntry:
 _STORE_BUILDERS: list[StoreEntry] = []
 _ARTIFACT_BUILDERS: list[ArtifactEntry] = []
 _LOADED = False
+_IMPORT_PROBLEMS: list[str] = []
 
 
 def register(kind: str, order: int = 100, load: bool = True) -> Callable[[StoreBuilder], StoreBuilder]:
@@ -127,16 +128,24 @@ def _key(fn: Callable[..., Any]) -> tuple[str, str]:
     return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn))
 
 
-def load_sections() -> None:
-    """Import every module of :mod:`lossatlas.report.sections` once (each registers its builders)."""
-    global _LOADED
-    if _LOADED:
-        return
-    from lossatlas.report import sections
+def load_sections() -> list[str]:
+    """Import every module of :mod:`lossatlas.report.sections` once (each registers its builders).
 
-    for info in sorted(pkgutil.iter_modules(sections.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{sections.__name__}.{info.name}")
-    _LOADED = True
+    A module that fails to import does not break the report: the failure is returned (and kept for every
+    later call) as a one-line problem, which the report lists and ``strict`` mode raises.
+    """
+    global _LOADED
+    if not _LOADED:
+        from lossatlas.report import sections
+
+        for info in sorted(pkgutil.iter_modules(sections.__path__), key=lambda m: m.name):
+            try:
+                importlib.import_module(f"{sections.__name__}.{info.name}")
+            except Exception as exc:  # noqa: BLE001 - one broken section module must not lose the report
+                _IMPORT_PROBLEMS.append(f"report section module '{info.name}' failed to import: "
+                                        f"{type(exc).__name__}: {exc}")
+        _LOADED = True
+    return list(_IMPORT_PROBLEMS)
 
 
 def store_builders(kind: str) -> list[StoreEntry]:
@@ -165,9 +174,18 @@ def registered_kinds() -> list[str]:
 
 
 def esc(value: Any) -> str:
-    """HTML-escape anything (``str(value)``, quotes included): for fragments, plotly titles and hover text."""
+    """HTML-escape anything (``str(value)``, quotes included) for an HTML fragment."""
     return html.escape(str(value), quote=True)
 
 
+def plotly_text(value: Any, limit: int | None = None) -> str:
+    """Escape ``<``, ``>`` and ``&`` for plotly titles, labels and hover text (plotly shows ``&lt;`` as ``<``
+    but not ``&quot;``; quotes are harmless once no tag can open), optionally shortened to ``limit`` chars."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return html.escape(text, quote=False)
+
+
 __all__ = ["ArtifactBuilder", "Section", "StoreBuilder", "artifact_builders", "artifact_patterns", "esc",
-           "load_sections", "register", "register_artifact", "registered_kinds", "store_builders"]
+           "load_sections", "plotly_text", "register", "register_artifact", "registered_kinds", "store_builders"]

@@ -14,8 +14,8 @@ from lossatlas.report.figures import (
     grid_variables,
     map_2d,
     metric_table,
-    stderr_of,
     stderr_map,
+    stderr_of,
     surface_3d,
 )
 from lossatlas.report.registry import Section, register
@@ -27,8 +27,9 @@ def _describe(ds: xr.Dataset) -> str:
 
 
 def _grid_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
-    rows = [("grid", " × ".join(f"{d}: {ds.sizes[d]} points on [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
-                                for d in ("x", "y") if d in ds.dims))]
+    axes = [f"{d}: {ds.sizes[d]} points on [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
+            for d in ("x", "y") if d in ds.dims]
+    rows = [("grid", " × ".join(axes))]
     rows.append(("directions", f"{ds.attrs.get('directions', '?')}, norm {ds.attrs.get('norm', '?')}, "
                                f"ignore {ds.attrs.get('ignore', '?')}, seed {ds.attrs.get('seed', '?')}"))
     rows.append(("non-finite points", str(ds.attrs.get("nonfinite_points", 0))))
@@ -48,9 +49,11 @@ def _minimum_rows(ds: xr.Dataset, names: list[str]) -> list[tuple[str, str]]:
             rows.append((f"min {name}", "no finite value"))
             continue
         idx = np.unravel_index(int(np.nanargmin(v)), v.shape)
-        where = ", ".join(f"{d} = {float(ds[d].values[i]):.3g}" for d, i in zip(ds[name].dims, idx, strict=True))
+        where = ", ".join(f"{d} = {float(ds[d].values[i]):.3g}"
+                          for d, i in zip(ds[name].dims, idx, strict=True))
         centre = ds[name].sel({d: 0.0 for d in ds[name].dims}, method="nearest")
-        rows.append((f"min {name}", f"{float(np.nanmin(v)):.5g} at {where}; at the centre {float(centre):.5g}"))
+        rows.append((f"min {name}",
+                     f"{float(np.nanmin(v)):.5g} at {where}; at the centre {float(centre):.5g}"))
     return rows
 
 

@@ -1,0 +1,98 @@
+"""Several stored surfaces side by side on ONE colour scale with identical contour levels.
+
+Comparisons such as ResNet-56 with and without skip connections, or networks of growing depth (Li et al.
+2018, Fig. 5), are only meaningful when every panel maps the same loss to the same colour and draws the
+same contour levels; :func:`compare_figure` pools the finite values of all stores (or takes
+``--vmin/--vmax/--vlevel``) and draws each panel with that one :class:`~matplotlib.colors.Normalize` and
+level array. 1D stores are overlaid on one pair of axes instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import xarray as xr
+from matplotlib.figure import Figure
+
+from lossatlas.errors import UserInputError
+from lossatlas.plot import Levels, PlotKind, draw_2d, grid_2d, masked, metric_label, shared_scale
+from lossatlas.store import open_surface
+
+_MAX_PANELS = 16
+
+
+def _title(path: Path, ds: xr.Dataset) -> str:
+    return f"{path.name.removesuffix('.zarr')}\n{ds.attrs.get('model', '')}"
+
+
+def _check_same_dims(stores: Sequence[Path], datasets: Sequence[xr.Dataset]) -> int:
+    dims = {p: (2 if "y" in ds.dims else 1) for p, ds in zip(stores, datasets, strict=True)}
+    if len(set(dims.values())) != 1:
+        listing = ", ".join(f"{p.name} ({d}D)" for p, d in dims.items())
+        raise UserInputError(f"compare needs stores of one dimensionality, got {listing}; compare 1D and 2D "
+                             "stores separately")
+    return next(iter(dims.values()))
+
+
+def compare_figure(stores: Sequence[str | Path], metric: str = "train_loss", log: bool = False,
+                   levels: Levels = Levels(), kind: PlotKind = PlotKind.contourf,
+                   titles: Sequence[str] | None = None) -> Figure:
+    """A matplotlib figure with one panel per 2D store (shared colour bar and levels), or all 1D curves
+    of ``metric`` overlaid on one axes (shared y range)."""
+    paths = [Path(s) for s in stores]
+    if not paths:
+        raise UserInputError("compare needs at least one store")
+    if len(paths) > _MAX_PANELS:
+        raise UserInputError(f"compare shows at most {_MAX_PANELS} stores side by side, got {len(paths)}")
+    datasets = [open_surface(p) for p in paths]
+    for p, ds in zip(paths, datasets, strict=True):
+        if metric not in ds:
+            raise UserInputError(f"store '{p}' has no metric '{metric}'; pass --metric with one it has")
+    names = list(titles) if titles else [_title(p, ds) for p, ds in zip(paths, datasets, strict=True)]
+    label = metric_label(metric, log)
+    if _check_same_dims(paths, datasets) == 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, ds in zip(names, datasets, strict=True):
+            ax.plot(ds["x"].values, masked(ds[metric].values, False), label=name.replace("\n", " "))
+        ax.set(xlabel="α" if datasets[0].attrs.get("kind") == "interpolation" else "x", ylabel=metric)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+    grids = [grid_2d(ds, metric) for ds in datasets]
+    norm, lv = shared_scale([g[2] for g in grids], log, levels)
+    n = len(grids)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    three_d = kind == PlotKind.surface3d
+    fig = plt.figure(figsize=(4.2 * cols + 1.2, 4.0 * rows), layout="constrained")
+    axes = [fig.add_subplot(rows, cols, i + 1, projection="3d" if three_d else None) for i in range(n)]
+    artist = None
+    for ax, (xx, yy, z), name in zip(axes, grids, names, strict=True):
+        artist = draw_2d(fig, ax, xx, yy, z, kind, log, norm, lv, label, colorbar=False)
+        ax.set_title(name, fontsize=9)
+    if artist is not None and kind != PlotKind.contour:
+        fig.colorbar(artist, ax=axes, label=label, shrink=0.85)
+    elif artist is not None:
+        sm = plt.cm.ScalarMappable(norm=norm, cmap="summer")
+        fig.colorbar(sm, ax=axes, label=label, shrink=0.85)
+    fig.suptitle(f"{label}: shared colour scale [{norm.vmin:.4g}, {norm.vmax:.4g}], {len(lv)} levels",
+                 fontsize=10)
+    return fig
+
+
+def compare_stores(stores: Sequence[str | Path], out: str | Path, metric: str = "train_loss",
+                   log: bool = False, levels: Levels = Levels(), kind: PlotKind = PlotKind.contourf) -> Path:
+    """Write :func:`compare_figure` to ``out`` (``.png``, ``.pdf`` or ``.svg``)."""
+    out = Path(out)
+    if out.suffix.lower() not in {".png", ".pdf", ".svg"}:
+        raise UserInputError(f"--out must end in .png, .pdf or .svg, got '{out}'")
+    fig = compare_figure(stores, metric, log, levels, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+

@@ -1,0 +1,190 @@
+"""Static plots: NaN/inf masking, Li et al.-style levels, every 2D kind, 1D twin axes, shared scales in compare.
+
+Figures are checked through their matplotlib artists (levels, norms, masked arrays), never through pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.collections import QuadMesh
+from matplotlib.contour import ContourSet
+
+from lossatlas.compare import compare_figure, compare_stores
+from lossatlas.errors import UserInputError
+from lossatlas.plot import Levels, PlotKind, figure_1d, figure_2d, masked, parse_kinds, plot_store, shared_scale
+from lossatlas.store import COMPLETED
+from tests.test_cli import run_cli
+from tests.test_report import bowl, synthetic_store
+
+
+def test_masked_hides_nan_inf_and_nonpositive_in_log() -> None:
+    z = np.array([[1.0, np.nan], [np.inf, -np.inf], [0.0, 100.0]])
+    m = masked(z)
+    np.testing.assert_array_equal(m.mask, [[False, True], [True, True], [False, False]])
+    np.testing.assert_allclose(m.compressed(), [1.0, 0.0, 100.0])
+    ml = masked(z, log=True)
+    np.testing.assert_array_equal(ml.mask, [[False, True], [True, True], [True, False]])
+    np.testing.assert_allclose(ml.compressed(), [0.0, 2.0])
+
+
+def test_li_style_levels() -> None:
+    z = np.array([0.3, 2.0, np.nan, np.inf])
+    np.testing.assert_allclose(Levels(0.1, 10, 0.5).values(z), np.arange(0.1, 10 + 1e-12, 0.5))
+    np.testing.assert_allclose(Levels().values(z), np.linspace(0.3, 2.0, 30))  # finite range only
+    np.testing.assert_allclose(Levels().values(z, log=True), np.linspace(np.log10(0.3), np.log10(2), 30))
+    assert Levels().values(np.array([np.nan, np.inf])).size > 1  # nothing finite: still drawable
+    for bad in [dict(vlevel=0.0), dict(vlevel=-1.0), dict(vmin=2.0, vmax=1.0)]:
+        with pytest.raises(UserInputError) as info:
+            Levels(**bad)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", list(PlotKind))
+def test_every_kind_masks_nonfinite_points(tmp_path: Path, kind: PlotKind) -> None:
+    ds = synthetic_store(tmp_path / "s.zarr")
+    truth = bowl(*np.meshgrid(ds.x.values, ds.y.values))  # rows follow y
+    bad = ~np.isfinite(ds["train_loss"].transpose("y", "x").values)
+    fig = figure_2d(ds, "train_loss", kind, levels=Levels(1.0, 4.0, 0.25))
+    ax = fig.axes[0]
+    if kind == PlotKind.heatmap:
+        mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+        arr = mesh.get_array()
+        np.testing.assert_array_equal(np.ma.getmaskarray(arr).reshape(bad.shape), bad)
+        np.testing.assert_allclose(np.ma.filled(arr, np.nan).reshape(bad.shape)[~bad], truth[~bad])
+        assert (mesh.norm.vmin, mesh.norm.vmax) == (1.0, 4.0)
+    elif kind in (PlotKind.contour, PlotKind.contourf):
+        cs = next(c for c in ax.collections if isinstance(c, ContourSet))
+        np.testing.assert_allclose(cs.levels, np.arange(1.0, 4.0 + 1e-12, 0.25))
+        # non-finite points are marked with crosses, exactly at their grid positions
+        crosses = next(line for line in ax.get_lines() if line.get_label() == "non-finite")
+        xx, yy = np.meshgrid(ds.x.values, ds.y.values)
+        assert sorted(zip(crosses.get_xdata(), crosses.get_ydata(), strict=True)) == sorted(
+            zip(xx[bad], yy[bad], strict=True))
+    else:
+        assert ax.get_zlim() == (1.0, 4.0)
+    plt.close(fig)
+
+
+def test_plot_store_writes_every_kind_for_losses_and_maps(tmp_path: Path) -> None:
+    synthetic_store(tmp_path / "s.zarr")
+    paths = plot_store(tmp_path / "s.zarr", tmp_path / "png", log=True)
+    names = sorted(p.name for p in paths)
+    expected = sorted(f"s_{m}_{k.value}.png" for m in ("train_loss", "test_loss", "lambda_max", "lambda_min")
+                      for k in PlotKind)
+    assert names == expected and all(p.stat().st_size > 1000 for p in paths)
+    only = plot_store(tmp_path / "s.zarr", tmp_path / "png2", metrics=["lambda_min"], kinds=[PlotKind.heatmap])
+    assert [p.name for p in only] == ["s_lambda_min_heatmap.png"]
+    with pytest.raises(UserInputError, match="no metric 'nope'"):
+        plot_store(tmp_path / "s.zarr", tmp_path, metrics=["nope"])
+    with pytest.raises(UserInputError, match="--kind must be one of"):
+        parse_kinds(["contour", "wireframe"])
+
+
+def test_one_d_twin_axes_with_stderr_band(tmp_path: Path) -> None:
+    x = np.linspace(-1, 1, 9)
+    loss = 1 + x**2
+    loss[2] = np.inf
+    ds = xr.Dataset({"train_loss": ("x", loss), "test_loss": ("x", loss + 1),
+                     "train_loss_stderr": ("x", np.full(9, 0.2)), "train_accuracy": ("x", np.full(9, 0.25)),
+                     COMPLETED: ("x", np.ones(9, bool))}, coords={"x": x}, attrs={"kind": "interpolation"})
+    fig = figure_1d(ds)
+    ax, ax2 = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"train loss", "test loss"} and lines["test loss"].get_linestyle() == "--"
+    y = np.ma.masked_invalid(lines["train loss"].get_ydata())
+    assert np.ma.getmaskarray(lines["train loss"].get_ydata())[2]  # inf masked, not drawn
+    np.testing.assert_allclose(y.compressed(), np.delete(1 + x**2, 2))
+    assert len(ax.collections) == 1  # the ± stderr band
+    np.testing.assert_allclose(ax2.get_lines()[0].get_ydata(), 25.0)
+    assert ax2.get_ylim() == (0.0, 100.0) and ax.get_xlabel() == "α"
+    plt.close(fig)
+
+
+def test_compare_shares_one_colour_scale_and_identical_levels(tmp_path: Path) -> None:
+    a = synthetic_store(tmp_path / "a.zarr", bad=False, extra=False)
+    b = synthetic_store(tmp_path / "b.zarr", nx=5, ny=11, extra=False)  # other grid, NaN/inf points
+    scaled = b.copy()
+    scaled["train_loss"] = 3 * b["train_loss"]
+    scaled.to_zarr(tmp_path / "c.zarr", mode="w", consolidated=False)
+    stores = [tmp_path / f"{n}.zarr" for n in "abc"]
+    for kind in (PlotKind.contourf, PlotKind.contour, PlotKind.heatmap):
+        fig = compare_figure(stores, kind=kind)
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        assert len(panels) == 3
+        artists = [next(c for c in ax.collections if isinstance(c, ContourSet | QuadMesh)) for ax in panels]
+        pooled = np.concatenate([np.ravel(v) for v in (a.train_loss, b.train_loss, scaled.train_loss)])
+        lo, hi = float(np.nanmin(pooled[np.isfinite(pooled)])), float(np.nanmax(pooled[np.isfinite(pooled)]))
+        for art in artists:
+            assert (art.norm.vmin, art.norm.vmax) == pytest.approx((lo, hi))
+            assert art.norm.vmin == artists[0].norm.vmin and art.norm.vmax == artists[0].norm.vmax
+            if isinstance(art, ContourSet):
+                np.testing.assert_array_equal(art.levels, artists[0].levels)
+        plt.close(fig)
+    fig = compare_figure(stores, levels=Levels(1.0, 9.0, 0.5))
+    for ax in fig.axes:
+        for cs in (c for c in ax.collections if isinstance(c, ContourSet)):
+            np.testing.assert_allclose(cs.levels, np.arange(1.0, 9.0 + 1e-12, 0.5))
+    plt.close(fig)
+    norm, lv = shared_scale([a.train_loss.values, 3 * a.train_loss.values])
+    assert norm.vmax == pytest.approx(3 * float(a.train_loss.max())) and lv[-1] == norm.vmax
+    out = compare_stores(stores, tmp_path / "cmp.png", kind=PlotKind.surface3d)
+    assert out.stat().st_size > 1000
+
+
+def test_compare_errors_are_one_line(tmp_path: Path) -> None:
+    synthetic_store(tmp_path / "a.zarr", extra=False)
+    xr.Dataset({"train_loss": ("x", np.ones(3))}, coords={"x": np.arange(3.0)},
+               attrs={"kind": "surface"}).to_zarr(tmp_path / "line.zarr", consolidated=False)
+    with pytest.raises(UserInputError, match="one dimensionality"):
+        compare_figure([tmp_path / "a.zarr", tmp_path / "line.zarr"])
+    with pytest.raises(UserInputError, match="no metric 'lambda_min'"):
+        compare_figure([tmp_path / "a.zarr"], metric="lambda_min")
+    with pytest.raises(UserInputError, match=r"\.png"):
+        compare_stores([tmp_path / "a.zarr"], tmp_path / "x.jpg")
+    fig = compare_figure([tmp_path / "line.zarr", tmp_path / "line.zarr"])  # 1D stores overlay
+    assert len(fig.axes[0].get_lines()) == 2
+    plt.close(fig)
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    """Run a CLI command in-process (the subprocess path is exercised once, by ``report``)."""
+    from typer.testing import CliRunner
+
+    from lossatlas.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _one_line_error(args: tuple[str, ...], fragment: str) -> None:
+    code, _, err = _invoke(*args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (code, err)
+    assert fragment in lines[0], lines[0]
+
+
+def test_cli_plot_compare_report_export(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "run" / "a.zarr"), str(tmp_path / "run" / "b.zarr")
+    synthetic_store(Path(a))
+    synthetic_store(Path(b), bad=False)
+    code, out, err = _invoke("plot", a, "--out", str(tmp_path / "png"), "--kind", "heatmap",
+                             "--metric", "train_loss", "--vmin", "1", "--vmax", "3", "--vlevel", "0.5")
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "png" / "a_train_loss_heatmap.png")]
+    code, out, err = _invoke("compare", a, b, "--out", str(tmp_path / "cmp.png"))
+    assert code == 0 and (tmp_path / "cmp.png").exists(), err
+    code, out, err = _invoke("export", a, "--format", "stl")
+    assert code == 0 and out.strip() == str(tmp_path / "run" / "a.stl"), err
+    proc = run_cli("report", str(tmp_path / "run"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"wrote {tmp_path / 'run' / 'report.html'}")
+    _one_line_error(("plot", a, "--kind", "wire"), "--kind")
+    _one_line_error(("plot", a, "--vmin", "3", "--vmax", "1"), "--vmax")
+    _one_line_error(("compare", a, "--kind", "pie"), "--kind")
+    _one_line_error(("report", str(tmp_path / "nope")), "does not exist")
+    _one_line_error(("export", a, "--format", "vtp"), "vtu")
+    _one_line_error(("export", a, "--format", "xyz"), "--format")
