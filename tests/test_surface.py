@@ -22,6 +22,8 @@ REQUIRED_ATTRS = ["lossatlas_version", "seed", "norm", "ignore", "bn", "model", 
 
 def test_axis_parsing() -> None:
     assert Axis.parse("-1:1:5").values().tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    alphas = Axis.parse("-0.5:1.5:41").values()  # the interpolation default: both endpoints exactly
+    assert alphas[10] == 0.0 and alphas[30] == 1.0
     for bad in ["1:2", "a:1:3", "1:0:5", "0:1:0", "0:1:2.5", "0:inf:3"]:
         with pytest.raises(UserInputError, match="MIN:MAX:N|larger|at least|finite") as info:
             Axis.parse(bad)

@@ -10,6 +10,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -65,12 +66,12 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     task = bar.add_task(description, total=None)
     started = False
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, description: str | None = None) -> None:
         nonlocal started
         if not started:
             bar.start()
             started = True
-        bar.update(task, completed=done, total=total)
+        bar.update(task, completed=done, total=total, **({"description": description} if description else {}))
 
     try:
         yield update
@@ -99,6 +100,22 @@ SubsetOpt = Annotated[str | None, typer.Option("--subset", help="Evaluate on one
                                                                 "FRACTION (0.1) or COUNT (500); stores *_stderr.")]
 MemoryOpt = Annotated[str, typer.Option("--memory", help="Memory for one batched pass (e.g. 2GB); decides how "
                                                          "many points share a pass.")]
+
+
+class DirectionKind(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """Where the directions of a surface come from."""
+
+    random = "random"
+    """Filter-normalised Gaussian directions (Li et al. 2018), drawn from --seed."""
+    hessian = "hessian"
+    """The top Hessian eigenvectors at the model's weights (unit norm)."""
+
+
+class Precision(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """Arithmetic of Hessian-vector products."""
+
+    float32 = "float32"
+    float64 = "float64"
 
 
 def _device(device: str) -> str:
@@ -165,7 +182,13 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
             bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
             seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu",
             workers: WorkersOpt = None, scheduler: SchedulerOpt = None, subset: SubsetOpt = None,
-            memory: MemoryOpt = "1GiB") -> None:
+            memory: MemoryOpt = "1GiB",
+            directions: Annotated[DirectionKind, typer.Option(
+                "--directions", help="random (filter-normalised) or hessian (top Hessian eigenvectors).")
+            ] = DirectionKind.random,
+            hessian: Annotated[bool, typer.Option(
+                "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
+            ] = False) -> None:
     """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
     from lossatlas.directions import DirectionSpec
     from lossatlas.evaluate import EvalSpec
@@ -176,11 +199,13 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
     dspec = DirectionSpec(norm=norm, ignore=ignore, seed=seed)
     espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset), subset_seed=seed,
                      memory_bytes=parse_memory(memory))
-    dataset, net, provenance = load_problem(model, data, checkpoint)
-    with make_executor(workers, scheduler) as executor, progress_bar("surface") as update:
-        ds = compute(net, dataset, x=x_axis, y=y_axis, directions=dspec, eval_spec=espec, out=out,
-                     overwrite=overwrite, provenance=provenance, progress=update, device=_device(device),
-                     executor=executor)
+    with make_executor(workers, scheduler) as executor:  # first: a wrong --scheduler fails fast
+        dataset, net, provenance = load_problem(model, data, checkpoint)
+        with progress_bar("surface") as update:
+            ds = compute(net, dataset, x=x_axis, y=y_axis, eval_spec=espec, out=out,
+                         directions=dspec if directions is DirectionKind.random else directions.value,
+                         overwrite=overwrite, provenance=provenance, progress=update, device=_device(device),
+                         executor=executor, hessian=hessian)
     _summary(ds, out)
 
 
@@ -213,6 +238,65 @@ def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
 
 @app.command()
 @user_errors
+def hessian(model: ModelOpt, data: DataOpt,
+            out: Annotated[Path, typer.Option("--out", help="Result: a .zarr store, or a .json file.")],
+            checkpoint: CheckpointOpt = None,
+            top: Annotated[int, typer.Option(help="Largest eigenpairs to certify (0: none).")] = 5,
+            bottom: Annotated[int, typer.Option(help="Smallest (most negative) eigenpairs.")] = 0,
+            trace: Annotated[bool, typer.Option("--trace", help="tr(H) by Hutch++ with its standard error.")] = False,
+            density: Annotated[bool, typer.Option("--density", help="Spectral density (SLQ) with a band.")] = False,
+            critical: Annotated[bool, typer.Option("--critical", help="Minimum/maximum/saddle/degenerate + index.")
+                                ] = False,
+            tol: Annotated[float | None, typer.Option(help="Residual tolerance ‖Hv − λv‖ ≤ tol·max(|λ|, ε); "
+                                                           "default 1e-6 (float64), 1e-3 (float32).")] = None,
+            dtype: Annotated[Precision, typer.Option(help="Arithmetic of the products.")] = Precision.float64,
+            params: Annotated[str | None, typer.Option(help="Regex selecting parameter names.")] = None,
+            split: Annotated[str, typer.Option(help="train or test.")] = "train",
+            max_hvps: Annotated[int, typer.Option(help="Product budget of each Lanczos run.")] = 1000,
+            probes: Annotated[int, typer.Option(help="Density probes.")] = 5,
+            bins: Annotated[int, typer.Option(help="Density grid points.")] = 100,
+            bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
+            seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu") -> None:
+    """Certified Hessian eigenvalues, trace, spectral density and critical-point type at the model's weights."""
+    from lossatlas.curvature.analysis import HessianSpec, hessian_analysis, save_hessian
+    from lossatlas.evaluate import EvalSpec
+    from lossatlas.plot import plot_spectrum
+
+    spec = HessianSpec(top=top, bottom=bottom, trace=trace, density=density, critical=critical, tol=tol,
+                       dtype=dtype.value, params=params, split=split, max_hvps=max_hvps, probes=probes,
+                       bins=bins, seed=seed)
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, splits=(split,))
+    if out.exists() and not overwrite:
+        raise UserInputError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    dataset, net, provenance = load_problem(model, data, checkpoint)
+    with progress_bar("hessian") as update:
+        ds, vectors = hessian_analysis(net, dataset, spec, espec, device=_device(device), provenance=provenance,
+                                       progress=lambda phase, done, total: update(done, total, phase))
+    save_hessian(ds, out, vectors, overwrite=overwrite)
+    png = plot_spectrum(ds, out.with_name(out.name.removesuffix(".json").removesuffix(".zarr") + "_spectrum.png"))
+    a = ds.attrs
+    for end in ("top", "bottom"):
+        if f"{end}_eigenvalues" in ds:
+            pairs = ", ".join(f"{v:.6g} (res {r:.1e})" for v, r in zip(ds[f"{end}_eigenvalues"].values,
+                                                                       ds[f"{end}_residuals"].values, strict=True))
+            out_console.print(f"{end} eigenvalues: {pairs}", highlight=False)
+            if not bool(ds[f"{end}_converged"].values.all()):
+                console.print(f"[yellow]warning:[/yellow] some {end} eigenpairs missed the tolerance within "
+                              f"--max-hvps {max_hvps}; raise it or loosen --tol", highlight=False)
+    if "trace" in a:
+        out_console.print(f"trace: {a['trace']:.6g} ± {a['trace_stderr']:.2g} ({a['trace_method']}, "
+                          f"{a['trace_hvps']} HVPs)", highlight=False)
+    if "negative_mass" in a:
+        out_console.print(f"density: {bins} bins, negative-eigenvalue mass {a['negative_mass']:.4g}", highlight=False)
+    if "critical_kind" in a:
+        out_console.print(f"critical point: {a['critical_kind']} (‖g‖ = {a['grad_norm']:.3g}, index "
+                          f"{a['index']:.4g} {a['index_method']})", highlight=False)
+    out_console.print(f"wrote {out} ({a['n_params']} parameters, {a['hvp_count']} HVPs); spectrum: {png}",
+                      highlight=False)
+
+
+@app.command()
+@user_errors
 def plot(store: Annotated[Path, typer.Argument(help="A store written by surface or interpolate.")],
          out: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: beside it).")] = None,
          log: Annotated[bool, typer.Option("--log", help="Log-scale loss.")] = False,
@@ -230,7 +314,7 @@ def plot(store: Annotated[Path, typer.Argument(help="A store written by surface 
         raise UserInputError(f"--vlevel must be positive, got {vlevel}")
     for path in plot_store(store, out, log=log, levels=Levels(vmin, vmax, vlevel), metrics=metric or None,
                            kinds=parse_kinds(kind) if kind else None):
-        out_console.print(str(path))
+        out_console.print(str(path), soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -246,7 +330,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (or one
     for problem in result.problems:
         console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True, markup=False)
     out_console.print(f"wrote {result.path} ({result.sections} sections, {result.figures} figures, "
-                      f"{result.seconds:.1f} s)", highlight=False)
+                      f"{result.seconds:.1f} s)", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -268,7 +352,7 @@ def compare(stores: Annotated[list[Path], typer.Argument(help="Stores to show si
 
     path = compare_stores(stores, out, metric=metric, log=log, levels=Levels(vmin, vmax, vlevel),
                           kind=parse_kinds([kind])[0])
-    out_console.print(str(path))
+    out_console.print(str(path), soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -276,16 +360,17 @@ def compare(stores: Annotated[list[Path], typer.Argument(help="Stores to show si
 def export(store: Annotated[Path, typer.Argument(help="A store written by surface or interpolate.")],
            out: Annotated[Path | None, typer.Option("--out", help="Output file (default: beside the store).")]
            = None,
-           format: Annotated[str, typer.Option("--format", help="vtu, obj, stl, ply (2D meshes) or csv.")] = "vtu",
+           fmt: Annotated[str, typer.Option("--format", help="vtu, obj, stl, ply (2D meshes) or csv.")] = "vtu",
            metric: Annotated[str, typer.Option("--metric", help="Height of the mesh.")] = "train_loss",
            z_scale: Annotated[float, typer.Option("--z-scale", help="Multiply heights by this.")] = 1.0,
            log: Annotated[bool, typer.Option("--log", help="Height = log10 of the metric.")] = False) -> None:
     """Export a surface as a mesh for ParaView / 3D printing (NaN points dropped) or as CSV."""
     from lossatlas.export import export_store, parse_format
 
-    fmt = parse_format(format)
-    target = out if out is not None else store.with_name(f"{store.name.removesuffix('.zarr')}.{fmt.value}")
-    out_console.print(str(export_store(store, target, fmt, metric=metric, z_scale=z_scale, log=log)))
+    kind = parse_format(fmt)
+    target = out if out is not None else store.with_name(f"{store.name.removesuffix('.zarr')}.{kind.value}")
+    path = export_store(store, target, kind, metric=metric, z_scale=z_scale, log=log)
+    out_console.print(str(path), soft_wrap=True, highlight=False)
 
 
 @app.command()

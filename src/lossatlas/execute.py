@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -81,6 +82,30 @@ class InProcessExecutor:
         self.close()
 
 
+# -- shipping tasks ---------------------------------------------------------------------------------
+_USER_MODULES = ("lossatlas_user_", "_lossatlas_user_")  # models, data, losses imported from file.py
+
+
+class ByValue:
+    """Wraps an object so Dask ships it with cloudpickle, user code from ``file.py`` specs by value.
+
+    Models and datasets given as ``file.py:function`` live in modules the workers cannot import; they are
+    registered with ``cloudpickle.register_pickle_by_value`` so their classes travel with the task. A
+    worker unpickles the wrapped object itself (not the wrapper).
+    """
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        import cloudpickle
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith(_USER_MODULES) and module is not None:
+                cloudpickle.register_pickle_by_value(module)
+        return cloudpickle.loads, (cloudpickle.dumps(self.obj),)
+
+
 # -- worker side ------------------------------------------------------------------------------------
 _PLACE_LOCK = threading.Lock()
 
@@ -99,19 +124,36 @@ def worker_device(requested: str, worker_name: object, device_count: int) -> str
     return f"cuda:{index % device_count}"
 
 
-def _place_on_worker(task: Any) -> None:
-    """Move a scattered task to this worker's own GPU once (it stays there in the worker's memory)."""
-    evaluator = getattr(task, "evaluator", None)
-    device = getattr(evaluator, "device", None)
-    if device is None or device.type != "cuda" or not hasattr(task, "to"):
+def _task_device(task: Any) -> Any:
+    """The torch device a task computes on: ``task.device`` or ``task.evaluator.device`` (None if neither)."""
+    device = getattr(task, "device", None)
+    return device if device is not None else getattr(getattr(task, "evaluator", None), "device", None)
+
+
+def place_on_worker(task: Any) -> None:
+    """Move a scattered CUDA task (one with ``.to(device)``) to this worker's own GPU, once.
+
+    Scattered objects live in the worker's memory, so the move sticks for every later unit.
+    """
+    device = _task_device(task)
+    if device is None or getattr(device, "type", None) != "cuda" or not hasattr(task, "to"):
         return
     import torch
     from distributed import get_worker
 
     target = worker_device("cuda", get_worker().name, torch.cuda.device_count())
     with _PLACE_LOCK:
-        if str(evaluator.device) != target:  # type: ignore[union-attr]
+        if str(_task_device(task)) != target:
             task.to(target)
+
+
+def set_worker_threads(torch_threads: int | None) -> None:
+    """``torch.set_num_threads`` in a worker process (None: leave it)."""
+    if torch_threads:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def run_unit(task: Task, unit: WorkUnit, torch_threads: int | None = None) -> dict[str, np.ndarray]:
@@ -120,12 +162,8 @@ def run_unit(task: Task, unit: WorkUnit, torch_threads: int | None = None) -> di
     ``torch_threads``: intra-op threads of this worker process (two single-threaded workers on a 2-core
     machine must not each start 2 threads); None leaves the worker's setting.
     """
-    if torch_threads:
-        import torch
-
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
-    _place_on_worker(task)
+    set_worker_threads(torch_threads)
+    place_on_worker(task)
     return task(unit)
 
 
@@ -164,7 +202,7 @@ class DaskExecutor:
         if not units:
             return
         client = self.client
-        shipped = client.scatter(task, broadcast=True, hash=False)
+        shipped = client.scatter(ByValue(task), broadcast=True, hash=False)
         owner: dict[str, WorkUnit] = {}
         attempts: dict[tuple[tuple[str, int, int], ...], int] = {}
 
@@ -190,7 +228,7 @@ class DaskExecutor:
                         raise RuntimeError(f"chunk {key} failed {attempts[key]} times on the cluster: "
                                            f"{type(exc).__name__}: {exc}") from exc
                     if shipped.status != "finished":  # every copy of the task was lost with its workers
-                        shipped = client.scatter(task, broadcast=True, hash=False)
+                        shipped = client.scatter(ByValue(task), broadcast=True, hash=False)
                     log.warning("resubmitting chunk %s after %s", key, type(exc).__name__)
                     pending.add(submit(unit))
                     continue
@@ -233,17 +271,19 @@ def parse_memory(text: str | int) -> int:
     try:
         if match:
             unit = match.group(2).lower().removesuffix("b")
-            return int(float(match.group(1)) * _UNITS[unit])
-        value = float(raw)
-        if value.is_integer() and value > 0:
-            return int(value)
+            size = int(float(match.group(1)) * _UNITS[unit])
+        else:
+            value = float(raw)
+            size = int(value) if value.is_integer() else 0
+        if size > 0:
+            return size
     except (KeyError, ValueError, OverflowError):
         pass
     raise UserInputError(f"--memory must be a size like 2GB, 512MiB or 1000000 (bytes), got '{text}'")
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None, *, threads_per_worker: int = 1,
-                  torch_threads: int | None = None, timeout: float = 5.0,
+                  torch_threads: int | None = None, timeout: float = 4.0,
                   retries: int = 2) -> InProcessExecutor | DaskExecutor:
     """The executor for ``--workers N`` / ``--scheduler ADDRESS`` (neither: in-process).
 
@@ -275,8 +315,10 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
             client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise UserInputError(f"cannot reach a Dask scheduler at {address} ({reason}); start one (dask "
-                                 "scheduler) or fix --scheduler") from None
+            if isinstance(exc, TimeoutError) or "timed out" in reason.lower():
+                reason = f"nothing answered within {timeout:g} s"
+            raise UserInputError(f"cannot reach a Dask scheduler at {address} ({reason}); start one "
+                                 "(dask scheduler) or fix --scheduler") from None
         return DaskExecutor(client, retries=retries, torch_threads=torch_threads)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserInputError(f"--workers must be a positive integer, got {workers!r}")
@@ -291,5 +333,5 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
         raise
 
 
-__all__ = ["DaskExecutor", "Executor", "InProcessExecutor", "Task", "WorkUnit", "make_executor",
-           "parse_memory", "region_key", "run_unit", "worker_device"]
+__all__ = ["ByValue", "DaskExecutor", "Executor", "InProcessExecutor", "Task", "WorkUnit", "make_executor",
+           "parse_memory", "place_on_worker", "region_key", "run_unit", "set_worker_threads", "worker_device"]

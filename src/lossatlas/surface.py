@@ -27,7 +27,14 @@ from lossatlas.errors import UserInputError
 from lossatlas.evaluate import EvalSpec, Evaluator
 from lossatlas.execute import Executor, InProcessExecutor, WorkUnit
 from lossatlas.params import ParamDict, buffers_of, float_buffer_names, parameters_of, tensors_sha256
-from lossatlas.store import config_hash, open_surface, prepare_store, update_attrs, write_directions, write_region
+from lossatlas.store import (
+    config_hash,
+    open_surface,
+    prepare_store,
+    update_attrs,
+    write_directions,
+    write_region,
+)
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(points_done, points_total)`` after every finished chunk."""
@@ -66,7 +73,11 @@ class Axis:
         return cls(start, stop, num)
 
     def values(self) -> np.ndarray:
-        return np.linspace(self.start, self.stop, self.num)
+        """The coordinates; values within 1e-12 of an integer are snapped to it (α = 0 and 1 exactly)."""
+        v = np.linspace(self.start, self.stop, self.num)
+        near = np.abs(v - np.round(v)) < 1e-12
+        v[near] = np.round(v[near])
+        return v
 
     def __str__(self) -> str:
         return f"{self.start:g}:{self.stop:g}:{self.num}"
@@ -84,6 +95,11 @@ class PointTask:
         coords = torch.from_numpy(np.asarray(unit.coords, dtype=np.float64))
         result = self.evaluator.evaluate_coords(self.theta, self.directions, coords)
         return {k: v.numpy() for k, v in result.items()}
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Variables this task fills (the evaluator's metrics; subclasses such as convexity maps add more)."""
+        return self.evaluator.metric_names
 
     def to(self, device: str | torch.device) -> PointTask:
         """Move the task to ``device`` in place (a Dask worker's own GPU); θ and d follow the evaluator."""
@@ -111,7 +127,7 @@ def run_grid(task: PointTask, axes: Mapping[str, np.ndarray], out: str | Path, a
     units = grid_units(axes)
     chunks = {name: int(next(iter(units)).region[name].stop - next(iter(units)).region[name].start)
               for name in axes}
-    done = prepare_store(out, axes, task.evaluator.metric_names, attrs, chunks, overwrite=overwrite)
+    done = prepare_store(out, axes, task.metric_names, attrs, chunks, overwrite=overwrite)
     write_directions(out, task.directions, list(axes))
     todo = [u for u in units if not done[tuple(u.region[d] for d in axes)].all()]
     total = int(done.size)
@@ -158,10 +174,10 @@ def _provenance(kind: str, model: nn.Module, data: Any, spec: EvalSpec, extra: M
 
 
 def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None = None,
-            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | None = None,
+            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | str | None = None,
             eval_spec: EvalSpec | None = None, out: str | Path, overwrite: bool = False,
             provenance: Mapping[str, Any] | None = None, executor: Executor | None = None,
-            progress: Progress | None = None, device: str = "cpu") -> xr.Dataset:
+            progress: Progress | None = None, device: str = "cpu", hessian: bool | Any = False) -> xr.Dataset:
     """The loss surface around ``model``'s weights θ (Li et al. 2018).
 
     Args:
@@ -169,8 +185,11 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
         data: a :class:`lossatlas.data.Dataset`.
         x, y: grid axes (``Axis`` or ``"MIN:MAX:N"``); ``y=None`` gives a 1D curve.
         directions: a :class:`DirectionSpec` (random, normalised; default filter-wise, seed 0), or explicit
-            direction dicts (one per axis, e.g. Hessian eigenvectors), used as given.
+            direction dicts (one per axis), used as given, or ``"hessian"``: the top Hessian eigenvectors
+            at θ (unit norm; :func:`lossatlas.curvature.maps.hessian_directions`).
         eval_spec: loss, batch size and BN policy.
+        hessian: ``True`` or a :class:`lossatlas.curvature.maps.ConvexitySpec`: also store ``lambda_max``,
+            ``lambda_min`` and ``convexity_ratio`` = |λmin/λmax| at every point (Li et al. 2018, Fig. 7).
         out: zarr store path; an existing store of the same configuration is resumed.
         provenance: strings to record (``model`` and ``data`` specs, ``checkpoint_sha256``, ...).
 
@@ -188,7 +207,15 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
     evaluator = Evaluator(model, data, spec, device=device)
     theta = evaluator.theta()
     extra: dict[str, Any] = {"x": str(Axis.parse(x)), "y": str(Axis.parse(y)) if y is not None else ""}
-    if directions is None or isinstance(directions, DirectionSpec):
+    if isinstance(directions, str):
+        from lossatlas.curvature.maps import hessian_directions
+
+        if directions != "hessian":
+            raise UserInputError(f"--directions must be random or hessian, got '{directions}'")
+        dirs, eigenvalues = hessian_directions(evaluator, theta, len(axes))
+        extra.update(seed=-1, norm="unit", ignore="none", directions="hessian",
+                     hessian_eigenvalues=[float(v) for v in eigenvalues])
+    elif directions is None or isinstance(directions, DirectionSpec):
         dspec = directions or DirectionSpec()
         dirs = random_directions(theta, dspec, len(axes))
         extra.update(seed=dspec.seed, norm=dspec.norm.value, ignore=dspec.ignore.value, directions="random")
@@ -201,8 +228,15 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
         extra.update(seed=-1, norm="given", ignore="given",
                      directions="given:" + tensors_sha256({f"{i}.{k}": v for i, d in enumerate(dirs)
                                                            for k, v in d.items()})[:16])
+    task = PointTask(evaluator, theta, dirs)
+    if hessian:
+        from lossatlas.curvature.maps import ConvexitySpec, CurvatureTask
+
+        cspec = hessian if isinstance(hessian, ConvexitySpec) else ConvexitySpec()
+        task = CurvatureTask(evaluator, theta, dirs, cspec)
+        extra["hessian"] = cspec.describe()
     attrs = _provenance("surface", model, data, spec, extra, provenance)
-    return run_grid(PointTask(evaluator, theta, dirs), axes, out, attrs, overwrite, executor, progress)
+    return run_grid(task, axes, out, attrs, overwrite, executor, progress)
 
 
 def interpolation_point(model: nn.Module) -> ParamDict:

@@ -1,0 +1,135 @@
+"""Hessian-vector products against the dense float64 Hessian (torch.autograd.functional.hessian)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lossatlas.curvature.hvp import FunctionHessian, HessianOperator, gradient_sum, hvp_sum, select_parameters
+from lossatlas.errors import UserInputError
+from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.params import flatten
+from lossatlas.testing.reference import dense_gradient, dense_hessian, tiny_bn_problem
+from tests.conftest import make_classification, mlp
+
+N_TRAIN, BATCH = 53, 16  # 53 = 3 · 16 + 5: an uneven last batch
+
+
+@pytest.fixture(scope="module")
+def problem() -> dict:
+    """A BatchNorm CNN (eval mode, non-default running statistics) and its dense float64 Hessian."""
+    net, data = tiny_bn_problem(n=N_TRAIN, seed=1)
+    ev = Evaluator(net, data, EvalSpec(batch_size=BATCH, splits=("train",)))
+    x, y = data.x_train, data.y_train
+    return {"data": data, "net": net, "ev": ev, "H": dense_hessian(net, ev.loss_fn, x, y),
+            "g": dense_gradient(net, ev.loss_fn, x, y)}
+
+
+def test_hvp_matches_dense_hessian_with_bn_and_uneven_last_batch(problem) -> None:
+    op = HessianOperator(problem["ev"], dtype="float64")
+    assert op.n == problem["H"].shape[0] and op.num_samples == N_TRAIN
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), problem["H"] @ v, rtol=1e-10, atol=1e-12)
+    assert op.hvp_count == 1
+    # a dict in gives a dict out, same numbers
+    out = op.matvec(op.to_dict(v))
+    assert list(out) == op.names
+    torch.testing.assert_close(flatten(out), problem["H"] @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_dense_operator_and_gradient_match_reference(problem) -> None:
+    op = HessianOperator(problem["ev"], dtype="float64")
+    torch.testing.assert_close(op.dense(chunk=50), problem["H"], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(flatten(op.gradient()), problem["g"], rtol=1e-10, atol=1e-12)
+
+
+def test_float32_products_are_close(problem) -> None:
+    op = HessianOperator(problem["ev"], dtype="float32")
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = problem["H"] @ v
+    assert op.matvec(v).dtype == torch.float64
+    torch.testing.assert_close(op.matvec(v), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_batch_size_does_not_change_the_average(problem) -> None:
+    """Sum of batch sums / N: batch 16 (uneven), 7 and one full batch agree to rounding."""
+    v = torch.randn(problem["H"].shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    results = []
+    for batch in (N_TRAIN, BATCH, 7):
+        ev = Evaluator(problem["net"], problem["data"], EvalSpec(batch_size=batch, splits=("train",)))
+        results.append(HessianOperator(ev).matvec(v))
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_sum_over_shards_is_what_an_executor_needs(problem) -> None:
+    """Uneven shards: Σ hvp_sum / N = H v, and Σ gradient_sum / N = ∇L."""
+    op = HessianOperator(problem["ev"])
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    total = torch.zeros(op.n, dtype=torch.float64)
+    grad_total = torch.zeros(op.n, dtype=torch.float64)
+    for lo, hi in ((0, 20), (20, 21), (21, N_TRAIN)):
+        xs, ys = op.x[lo:hi], op.y[lo:hi]
+        total += flatten(hvp_sum(op.model, op.theta, op.buffers, op.loss_fn, xs, ys, v))
+        grad_total += flatten(gradient_sum(op.model, op.theta, op.buffers, op.loss_fn, xs, ys)[0])
+    torch.testing.assert_close(total / N_TRAIN, problem["H"] @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_total / N_TRAIN, problem["g"], rtol=1e-10, atol=1e-12)
+
+
+def test_parameter_subset_by_regex_is_the_dense_sub_block(problem) -> None:
+    names = [n for n, _ in problem["net"].named_parameters()]
+    op = HessianOperator(problem["ev"], params=r"^(0|4)\.weight$")
+    assert op.names == ["0.weight", "4.weight"]
+    x, y = problem["data"].x_train, problem["data"].y_train
+    ref = dense_hessian(problem["net"], problem["ev"].loss_fn, x, y, names=op.names)
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), ref @ v, rtol=1e-10, atol=1e-12)
+    assert select_parameters(names, None) == names
+
+
+@pytest.mark.parametrize(("pattern", "fragment"), [("^nothing$", "selects no parameter"),
+                                                   ("([", "not a valid regular expression")])
+def test_bad_parameter_regex_is_a_one_line_error(problem, pattern, fragment) -> None:
+    with pytest.raises(UserInputError, match="--params") as info:
+        HessianOperator(problem["ev"], params=pattern)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_loss_is_a_one_line_error() -> None:
+    net = mlp()
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    op = HessianOperator.from_model(net, make_classification())
+    with pytest.raises(UserInputError, match="finite loss") as info:
+        op.check_finite()
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserInputError, match="not finite"):
+        op.matvec(torch.ones(op.n))
+
+
+def test_bad_dtype_and_split_are_one_line_errors(problem) -> None:
+    with pytest.raises(UserInputError, match="--dtype must be float32 or float64"):
+        HessianOperator(problem["ev"], dtype="float16")
+    with pytest.raises(UserInputError, match="split 'test' is not available"):
+        HessianOperator(problem["ev"], split="test")
+
+
+def test_bn_states_policy_differentiates_running_statistics_too() -> None:
+    """Under bn=states θ carries BN statistics; restricted to weights the Hessian is the eval-mode one."""
+    net, data = tiny_bn_problem(n=21)
+    ev = Evaluator(net, data, EvalSpec(batch_size=8, bn="states", splits=("train",)))
+    op_all = HessianOperator(ev)
+    assert any(name.endswith("running_var") for name in op_all.names)
+    op = HessianOperator(ev, params=r"weight|bias")
+    ref = dense_hessian(net, ev.loss_fn, data.x_train, data.y_train, names=op.names)
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), ref @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_function_hessian_closed_form() -> None:
+    """L(w) = w₀² w₁ + 3 w₁²: H = [[2 w₁, 2 w₀], [2 w₀, 6]]."""
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    op = FunctionHessian(lambda t: t["w"][0] ** 2 * t["w"][1] + 3 * t["w"][1] ** 2, {"w": w})
+    expected = torch.tensor([[2 * w[1], 2 * w[0]], [2 * w[0], 6.0]], dtype=torch.float64)
+    torch.testing.assert_close(op.dense(), expected)
+    torch.testing.assert_close(flatten(op.gradient()), torch.stack([2 * w[0] * w[1], w[0] ** 2 + 6 * w[1]]))
