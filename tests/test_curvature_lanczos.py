@@ -82,7 +82,8 @@ def test_full_space_and_tiny_problems() -> None:
 
 
 def test_warm_start_from_eigenvectors_needs_fewer_products() -> None:
-    a = synthetic(torch.linspace(-1, 1, 200).double() ** 3 + torch.cat([torch.zeros(198), torch.tensor([2.0, 2.5])]).double())
+    spread = torch.linspace(-1, 1, 200).double() ** 3
+    a = synthetic(spread + torch.cat([torch.zeros(198), torch.tensor([2.0, 2.5])]).double())
     cold = lanczos(lambda v: a @ v, 200, 2, Which.largest, tol=1e-8)
     perturbed = a + 1e-4 * synthetic(torch.rand(200, generator=torch.Generator().manual_seed(5)).double(), seed=6)
     warm = lanczos(lambda v: perturbed @ v, 200, 2, Which.largest, tol=1e-8, v0=list(cold.vectors))

@@ -44,21 +44,29 @@ def net() -> dict:
 
 @pytest.mark.parametrize("method", [TraceMethod.hutchinson, TraceMethod.hutchpp])
 def test_trace_of_the_network_hessian_within_three_standard_errors(net, method) -> None:
-    est = estimate_trace(net["op"], method, matvecs=30, seed=0)
+    est = estimate_trace(net["op"], method, matvecs=24, seed=0)
     exact = float(net["H"].trace())
-    assert est.matvecs == 30 and est.stderr > 0
+    assert est.matvecs == 24 and est.stderr > 0
     assert abs(est.trace - exact) <= 3 * est.stderr, (est.trace, exact, est.stderr)
 
 
 def test_standard_errors_are_calibrated_over_many_seeds(net) -> None:
-    """Over 40 seeds the 3-s.e. interval covers tr(H) nearly always; Hutch++ is tighter than Hutchinson."""
+    """Over 40 seeds the 3-s.e. interval covers tr(H) nearly always."""
     dense, exact = Dense(net["H"]), float(net["H"].trace())
     for method in TraceMethod:
         hits = [abs((e := estimate_trace(dense, method, 30, seed)).trace - exact) <= 3 * e.stderr for seed in range(40)]
         assert sum(hits) >= 36, method
-    se_plain = np.mean([hutchinson_trace(dense, 30, s).stderr for s in range(10)])
-    se_pp = np.mean([hutchpp_trace(dense, 30, s).stderr for s in range(10)])
-    assert se_pp < se_plain
+
+
+def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum() -> None:
+    """A few dominant eigenvalues (as in trained networks): the sketch removes most of the variance."""
+    lam = torch.cat([torch.tensor([100.0, 60.0, 30.0, 20.0, 10.0]), torch.linspace(-0.5, 1.0, 195)]).double()
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    dense = Dense(q @ torch.diag(lam) @ q.T)
+    plain = [hutchinson_trace(dense, 30, s) for s in range(5)]
+    pp = [hutchpp_trace(dense, 30, s) for s in range(5)]
+    assert max(e.stderr for e in pp) < min(e.stderr for e in plain) / 5
+    assert all(abs(e.trace - float(lam.sum())) <= 3 * e.stderr for e in pp + plain)
 
 
 def test_hutchpp_is_exact_when_the_sketch_spans_everything() -> None:
@@ -106,7 +114,7 @@ def test_quadrature_is_exact_for_low_moments_of_each_probe(net) -> None:
 def test_moments_and_negative_mass_converge_with_many_probes(net) -> None:
     h, eig = net["H"], net["eig"]
     n = h.shape[0]
-    dens = spectral_density(Dense(h), probes=60, steps=n, bins=200, seed=1)  # full Lanczos: exact per probe
+    dens = spectral_density(Dense(h), probes=30, steps=n, bins=200, seed=1)  # full Lanczos: exact per probe
     for k, exact in ((1, float(eig.mean())), (2, float((eig ** 2).mean()))):
         assert abs(dens.moment(k) - exact) <= 3 * dens.moment_stderr(k)
     index = float((eig < -1e-6 * eig.abs().max()).double().mean())

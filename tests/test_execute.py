@@ -6,7 +6,6 @@ running afterwards.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -47,16 +46,14 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from distributed import Client, LocalCluster
-
-    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                         silence_logs=logging.CRITICAL)
-    client = Client(local, set_as_default=False)
+    """``--workers 2``: a LocalCluster of 2 processes × 1 thread (what the CLI starts)."""
+    executor = make_executor(workers=2, torch_threads=1)
+    assert isinstance(executor, DaskExecutor) and executor.n_workers == 2
+    client = executor.client
     seen: set[int] = set()
     yield client, seen
     seen.update(client.run(os.getpid).values())
-    client.close()
-    local.close()
+    executor.close()
     _assert_gone(seen)
 
 

@@ -279,20 +279,21 @@ def hessian(model: ModelOpt, data: DataOpt,
         if f"{end}_eigenvalues" in ds:
             pairs = ", ".join(f"{v:.6g} (res {r:.1e})" for v, r in zip(ds[f"{end}_eigenvalues"].values,
                                                                        ds[f"{end}_residuals"].values, strict=True))
-            out_console.print(f"{end} eigenvalues: {pairs}", highlight=False)
+            out_console.print(f"{end} eigenvalues: {pairs}", highlight=False, soft_wrap=True)
             if not bool(ds[f"{end}_converged"].values.all()):
                 console.print(f"[yellow]warning:[/yellow] some {end} eigenpairs missed the tolerance within "
-                              f"--max-hvps {max_hvps}; raise it or loosen --tol", highlight=False)
+                              f"--max-hvps {max_hvps}; raise it or loosen --tol", highlight=False, soft_wrap=True)
     if "trace" in a:
         out_console.print(f"trace: {a['trace']:.6g} ± {a['trace_stderr']:.2g} ({a['trace_method']}, "
-                          f"{a['trace_hvps']} HVPs)", highlight=False)
+                          f"{a['trace_hvps']} HVPs)", highlight=False, soft_wrap=True)
     if "negative_mass" in a:
-        out_console.print(f"density: {bins} bins, negative-eigenvalue mass {a['negative_mass']:.4g}", highlight=False)
+        out_console.print(f"density: {bins} bins, negative-eigenvalue mass {a['negative_mass']:.4g}",
+                          highlight=False, soft_wrap=True)
     if "critical_kind" in a:
         out_console.print(f"critical point: {a['critical_kind']} (‖g‖ = {a['grad_norm']:.3g}, index "
-                          f"{a['index']:.4g} {a['index_method']})", highlight=False)
+                          f"{a['index']:.4g} {a['index_method']})", highlight=False, soft_wrap=True)
     out_console.print(f"wrote {out} ({a['n_params']} parameters, {a['hvp_count']} HVPs); spectrum: {png}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -5,7 +5,9 @@ convexity maps) calls :class:`Evaluator`. The value at a point is the sample-wei
 whole split (an uneven last batch is weighted by its size), accumulated in float64.
 
 Points are evaluated several at a time with ``torch.func.vmap`` over stacked parameter dicts; the
-result equals a naive per-point loop (:meth:`Evaluator.evaluate_one`) to float rounding.
+result equals a naive per-point loop (:meth:`Evaluator.evaluate_one`) to float rounding. On CPU a
+point whose batch already fills a cache-sized pass runs alone, without vmap, and conv nets run in
+channels-last layout (oneDNN's fast path): 2-3x faster there (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """Per-sample loss: ``(output (B, C), target (B, ...)) -> (B,)``."""
+
+_CPU_PASS_FLOATS = 1 << 21
+"""Activations (floats) of one vmapped pass on CPU: 8 MiB stays cache-sized; bigger passes ran slower
+per point than one point at a time on the benchmark MLP and CNN (``benchmarks/surface.py``)."""
 
 
 class BNPolicy(str, Enum):
@@ -163,6 +169,26 @@ def _activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:
     return max(total, 1)
 
 
+def _layout(t: Tensor, channels_last: bool) -> Tensor:
+    """``t`` in channels-last memory layout when asked and 4-D (same values, other strides)."""
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def _channels_last_works(model: nn.Module, x: Tensor, buffers: Mapping[str, Tensor]) -> bool:
+    """Whether a Conv2d net gives the same output in channels-last layout (a ``.view`` may refuse it)."""
+    if x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    theta = parameters_of(model)
+    try:
+        with torch.no_grad():
+            ref = functional_forward(model, theta, buffers, x[:4])
+            got = functional_forward(model, {k: _layout(v, True) for k, v in theta.items()}, buffers,
+                                     _layout(x[:4], True))
+    except RuntimeError:
+        return False
+    return ref.shape == got.shape and bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
+
+
 class Evaluator:
     """Loss and accuracy of one model on one dataset at any parameter point.
 
@@ -198,6 +224,8 @@ class Evaluator:
         self.buffers = {k: v.to(self.device) for k, v in buffers_of(self.model).items()}
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self._per_sample = _activation_numel_per_sample(self.model, self.splits["train"][0])
+        self._channels_last = self.device.type == "cpu" and _channels_last_works(
+            self.model, self.splits["train"][0], self.buffers)
 
     # -- the point we perturb ------------------------------------------------------------------
     def theta(self) -> ParamDict:
@@ -233,7 +261,27 @@ class Evaluator:
         b = min(batch_size or self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
         n_params = sum(t.numel() for t in self.theta().values())
         per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
-        return max(1, min(256, self.spec.memory_bytes // max(per_point, 1)))
+        points = self.spec.memory_bytes // max(per_point, 1)
+        if not self._one_point_per_pass():
+            points = min(points, _CPU_PASS_FLOATS // (self._per_sample * b))
+        return max(1, min(256, points))
+
+    def _one_point_per_pass(self, points: int = 0) -> bool:
+        """Evaluate point after point without vmap: for a single point, and on CPU for conv nets and for
+        points whose batch alone fills a cache-sized pass (vmapped passes only ran slower there)."""
+        b = min(self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
+        return points == 1 or self.device.type == "cpu" and (
+            self._channels_last or self._per_sample * b * 2 > _CPU_PASS_FLOATS)
+
+    def _points_forward(self, forward: Callable[[Mapping[str, Tensor], Tensor], Tensor],
+                        stacked: Mapping[str, Tensor]) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
+        """``(stacked, x (B, ...)) -> (P, B, C)``: vmap over points, or a loop (see ``_one_point_per_pass``)."""
+        p = next(iter(stacked.values())).shape[0]
+        if not self._one_point_per_pass(p):
+            return vmap(forward, in_dims=(0, None))  # type: ignore[no-any-return]
+        cl = self._channels_last and self.device.type == "cpu"
+        points = [{k: _layout(v[i], cl) for k, v in stacked.items()} for i in range(p)]
+        return lambda _stacked, x: torch.stack([forward(point, _layout(x, cl)) for point in points])
 
     # -- evaluation ----------------------------------------------------------------------------
     def _batch_totals(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -264,7 +312,7 @@ class Evaluator:
         def forward(point: Mapping[str, Tensor], x: Tensor) -> Tensor:
             return functional_forward(self.model, point, buffers, x)
 
-        batched = vmap(forward, in_dims=(0, None))
+        batched = self._points_forward(forward, stacked)
         results: dict[str, Tensor] = {}
         for split, (x, y) in self.splits.items():
             n = x.shape[0]

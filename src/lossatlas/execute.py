@@ -203,7 +203,7 @@ class DaskExecutor:
             return
         client = self.client
         shipped = client.scatter(ByValue(task), broadcast=True, hash=False)
-        owner: dict[str, WorkUnit] = {}
+        owner: dict[Any, WorkUnit] = {}  # Dask key -> unit
         attempts: dict[tuple[tuple[str, int, int], ...], int] = {}
 
         def submit(unit: WorkUnit) -> Any:
@@ -323,8 +323,16 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserInputError(f"--workers must be a positive integer, got {workers!r}")
     threads = torch_threads or max(1, (os.cpu_count() or 1) // (workers * threads_per_worker))
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+    import dask.config
+
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in workers, which fixes glibc's mmap threshold: every
+    # large tensor is then mmapped and freed again, costing ~50% more CPU per chunk (measured, see
+    # benchmarks/README.md). Workers get the allocator defaults of an ordinary process instead.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
     try:
         client = Client(cluster, set_as_default=False)
         return DaskExecutor(client, cluster, retries=retries, torch_threads=threads)

@@ -107,7 +107,7 @@ def subset_indices(y: Tensor, subset: Subset, seed: int, split: str = "train",
     return np.sort(np.concatenate(picked))
 
 
-def mean_stderr(total: Tensor, total_sq: Tensor, n: int, population: int) -> Tensor:
+def mean_stderr(total: Tensor | float, total_sq: Tensor | float, n: int, population: int) -> Tensor:
     """Standard error of the mean of n samples drawn without replacement from ``population``.
 
     Args:

@@ -1,0 +1,261 @@
+"""Top-5 Hessian eigenvalues and a 100-bin spectral density: lossatlas against PyHessian and
+hessian-eigenthings, with scipy's ``eigsh`` over lossatlas' HVP as the reference, in one process.
+
+Problem: ``zoo:mlp:widths=256-256`` (40-256-256-10, 78,858 parameters) on ``mnist1d`` (all 4000 training
+samples), trained briefly with :func:`lossatlas.train.train` (SGD) so the point is a trained network.
+Every tool sees the same float32 model and the same four batches of 1000 samples (equal batches, so
+hessian-eigenthings' mean of batch means is the full-split mean here).
+
+Rows (each after one untimed warm-up product, one timed run each):
+
+* **reference**: ``scipy.sparse.linalg.eigsh(k=5, which="LA", tol=1e-10)`` over lossatlas' float64 HVP;
+* **lossatlas** ``lanczos`` (thick restart, certified residuals) over float32 and float64 HVPs;
+* **eigsh over lossatlas' float32 HVP** (the scipy round trip, as curvlinops does);
+* **PyHessian** 0.1 ``hessian.eigenvalues(top_n=5)`` (power iteration + deflation, its defaults);
+* **hessian-eigenthings** 1.0.0a5 ``lanczos(op, k=5)`` with its defaults (``max_iter = 2k``, no restart),
+  then with ``max_iter`` doubled until all five are within 1e-3 of the reference ("made correct").
+
+Density: lossatlas ``spectral_density(probes=P, steps=80, bins=100)`` against hessian-eigenthings
+``spectral_density(num_runs=P, lanczos_steps=80, num_grid_points=100)`` and PyHessian ``density(iter=80,
+n_v=P)``. Run ``make -C benchmarks hessian`` (or ``.venv-bench/bin/python benchmarks/hessian.py``);
+``--quick`` is a smoke run on a smaller MLP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import machine_info, machine_line, markdown_table, set_threads, timed, write_results
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lossatlas.curvature.density import spectral_density
+from lossatlas.curvature.hvp import HessianOperator
+from lossatlas.curvature.lanczos import Which, lanczos
+from lossatlas.data import load_data
+from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.models import build_model
+from lossatlas.train import TrainSpec, train
+
+try:
+    from pyhessian import hessian as PyHessian  # noqa: N812 - the peer's class name
+except ImportError:
+    PyHessian = None
+try:
+    import hessian_eigenthings as eigenthings
+except ImportError:
+    eigenthings = None
+
+K, BATCH, SEED = 5, 1000, 0
+
+
+def trained_mlp(widths: str, epochs: int, workdir: Path) -> tuple[nn.Module, Any]:
+    data = load_data("mnist1d")
+    model = build_model(f"zoo:mlp:widths={widths}", input_shape=data.input_shape, output_dim=data.output_dim,
+                        seed=SEED)
+    spec = TrainSpec(epochs=epochs, batch_size=64, lr=0.05, seed=SEED)
+    return train(model, data, spec, workdir / "train").eval(), data
+
+
+def log(message: str) -> None:
+    print(f"[hessian bench] {message}", file=sys.stderr, flush=True)
+
+
+def rel_error(values: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(np.sort(values)[::-1][:K] - reference) / np.abs(reference)))
+
+
+def eigsh_top(op: HessianOperator) -> tuple[np.ndarray, int]:
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    start = op.hvp_count
+    lin = LinearOperator((op.n, op.n), matvec=lambda v: op.matvec(torch.from_numpy(np.asarray(v).ravel())).numpy(),
+                         dtype=np.float64)
+    v0 = np.random.default_rng(SEED).standard_normal(op.n)
+    values = eigsh(lin, k=K, which="LA", tol=1e-10, v0=v0, return_eigenvectors=False)
+    return np.sort(values)[::-1], op.hvp_count - start
+
+
+def loader(data: Any) -> DataLoader:
+    return DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=BATCH, shuffle=False)
+
+
+class Counted:
+    """Counts a peer operator's products."""
+
+    def __init__(self, op: Any) -> None:
+        self.op, self.count = op, 0
+        inner = op.matvec
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            self.count += 1
+            return inner(v)
+
+        op.matvec = matvec
+
+
+def eigenthings_operator(model: nn.Module, data: Any) -> Counted:
+    op = eigenthings.HessianOperator(model, loader(data), eigenthings.supervised_loss(nn.CrossEntropyLoss()))
+    op.matvec(torch.randn(op.size))  # warm-up
+    return Counted(op)
+
+
+def run(widths: str, epochs: int, probes: int, workdir: Path) -> dict[str, Any]:
+    model, data = trained_mlp(widths, epochs, workdir)
+    ev = Evaluator(model, data, EvalSpec(batch_size=BATCH, splits=("train",)))
+    op64, op32 = HessianOperator(ev, dtype="float64"), HessianOperator(ev, dtype="float32")
+    for op in (op64, op32):
+        op.matvec(torch.randn(op.n, dtype=torch.float64))  # warm-up (torch.func's first call is slow)
+        op.hvp_count = 0
+    rows: list[dict[str, Any]] = []
+    seconds, (reference, hvps) = timed(lambda: eigsh_top(op64))
+    rows.append(dict(tool="scipy eigsh over lossatlas HVP (float64): reference", seconds=seconds, hvps=hvps,
+                     values=reference.tolist(), error=0.0, certified="—"))
+    log(f"reference {reference} in {seconds:.1f}s, {hvps} HVPs")
+    for op, tol, name in ((op32, 1e-4, "float32"), (op64, 1e-8, "float64")):
+        start = op.hvp_count
+        seconds, res = timed(lambda op=op, tol=tol: lanczos(op.matvec, op.n, K, Which.largest, tol=tol, seed=SEED))
+        rows.append(dict(tool=f"lossatlas lanczos ({name}, tol {tol:g})", seconds=seconds, hvps=op.hvp_count - start,
+                         values=res.eigenvalues.tolist(), error=rel_error(res.eigenvalues.numpy(), reference),
+                         certified=f"{int(res.converged.sum())}/{K}"))
+        log(f"{rows[-1]}")
+    seconds, (values, hvps) = timed(lambda: eigsh_top(op32))
+    rows.append(dict(tool="scipy eigsh over lossatlas HVP (float32)", seconds=seconds, hvps=hvps,
+                     values=values.tolist(), error=rel_error(values, reference), certified="—"))
+    log(f"{rows[-1]}")
+    rows += pyhessian_rows(model, data, reference)
+    log(f"{rows[-1]}")
+    rows += eigenthings_rows(model, data, reference)
+    density = density_rows(model, data, op32, probes)
+    return {"n_params": op64.n, "samples": int(data.x_train.shape[0]), "reference": reference.tolist(),
+            "top5": rows, "density": density}
+
+
+def pyhessian_rows(model: nn.Module, data: Any, reference: np.ndarray) -> list[dict[str, Any]]:
+    if PyHessian is None:
+        return [dict(tool="PyHessian", note="not installed")]
+    torch.manual_seed(SEED)
+    h = PyHessian(model, nn.CrossEntropyLoss(), dataloader=loader(data), cuda=False)
+    count = {"n": 0}
+    inner = h.dataloader_hv_product
+
+    def product(v: list[torch.Tensor]) -> Any:
+        count["n"] += 1
+        return inner(v)
+
+    inner([torch.randn_like(p) for p in h.params])  # warm-up
+    h.dataloader_hv_product = product
+    try:
+        seconds, (values, _) = timed(lambda: h.eigenvalues(top_n=K))
+    except Exception as exc:  # noqa: BLE001 - a crashing peer is a result
+        return [dict(tool="PyHessian eigenvalues(top_n=5)", note=f"crashed: {type(exc).__name__}: "
+                                                               f"{str(exc).splitlines()[0]}")]
+    values = np.asarray(values)
+    return [dict(tool="PyHessian eigenvalues(top_n=5), defaults", seconds=seconds, hvps=count["n"],
+                 values=values.tolist(), error=rel_error(values, reference), certified="—")]
+
+
+def eigenthings_rows(model: nn.Module, data: Any, reference: np.ndarray) -> list[dict[str, Any]]:
+    if eigenthings is None:
+        return [dict(tool="hessian-eigenthings", note="not installed")]
+    rows = []
+    max_iter: int | None = None
+    while True:
+        counted = eigenthings_operator(model, data)
+        kwargs = {} if max_iter is None else {"max_iter": max_iter}
+        seconds, res = timed(lambda c=counted, kw=kwargs: eigenthings.lanczos(c.op, k=K, which="LA", seed=SEED, **kw))
+        values = res.eigenvalues.detach().cpu().numpy().astype(np.float64)
+        error = rel_error(values, reference)
+        label = "defaults (max_iter=2k)" if max_iter is None else f"max_iter={max_iter}"
+        rows.append(dict(tool=f"hessian-eigenthings lanczos, {label}", seconds=seconds, hvps=counted.count,
+                         values=np.sort(values)[::-1].tolist(), error=error,
+                         certified=f"{int(res.converged.sum())}/{K} (own test)"))
+        log(f"{rows[-1]}")
+        if error <= 1e-3 or (max_iter or 0) >= 640:
+            return rows
+        max_iter = 2 * (max_iter or 2 * K)
+
+
+def density_rows(model: nn.Module, data: Any, op32: HessianOperator, probes: int) -> list[dict[str, Any]]:
+    rows = []
+    start = op32.hvp_count
+    seconds, dens = timed(lambda: spectral_density(op32, probes=probes, steps=80, bins=100, seed=SEED))
+    integral = float(np.trapezoid(dens.density.numpy(), dens.grid.numpy()))
+    rows.append(dict(tool=f"lossatlas spectral_density (probes={probes}, steps=80, bins=100)", seconds=seconds,
+                     hvps=op32.hvp_count - start, integral=integral))
+    if eigenthings is not None:
+        counted = eigenthings_operator(model, data)
+        seconds, res = timed(lambda: eigenthings.spectral_density(counted.op, num_runs=probes, lanczos_steps=80,
+                                                                   num_grid_points=100, seed=SEED))
+        rows.append(dict(tool=f"hessian-eigenthings spectral_density (num_runs={probes}, steps=80, 100 points)",
+                         seconds=seconds, hvps=counted.count,
+                         integral=float(np.trapezoid(res.density.numpy(), res.grid.numpy()))))
+    else:
+        rows.append(dict(tool="hessian-eigenthings spectral_density", note="not installed"))
+    if PyHessian is not None:
+        h = PyHessian(model, nn.CrossEntropyLoss(), dataloader=loader(data), cuda=False)
+        try:
+            seconds, _ = timed(lambda: h.density(iter=80, n_v=probes))
+            rows.append(dict(tool=f"PyHessian density (iter=80, n_v={probes})", seconds=seconds))
+        except Exception as exc:  # noqa: BLE001 - a crashing peer is a result
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            rows.append(dict(tool=f"PyHessian density (iter=80, n_v={probes})",
+                             note=f"crashed: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+                                  f"({Path(last.filename).name}:{last.lineno})"))
+    else:
+        rows.append(dict(tool="PyHessian density", note="not installed"))
+    log(f"{rows}")
+    return rows
+
+
+def tables(result: dict[str, Any]) -> str:
+    ours = next(r for r in result["top5"] if r["tool"].startswith("lossatlas lanczos (float32"))
+    top = []
+    for r in result["top5"]:
+        if "note" in r:
+            top.append([r["tool"], r["note"], "", "", "", ""])
+            continue
+        ratio = r["seconds"] / ours["seconds"]
+        top.append([r["tool"], f"{r['seconds']:.1f}", r["hvps"], f"{r['error']:.1e}", r["certified"], f"{ratio:.2f}×"])
+    dens = []
+    for r in result["density"]:
+        dens.append([r["tool"], r["note"] if "note" in r else f"{r['seconds']:.1f}", r.get("hvps", ""),
+                     f"{r['integral']:.6f}" if "integral" in r else ""])
+    return "\n\n".join([
+        f"Top-{K} eigenvalues, {result['n_params']:,} parameters, {result['samples']} samples; reference "
+        + ", ".join(f"{v:.5g}" for v in result["reference"]),
+        markdown_table(["tool", "seconds", "HVPs", "max rel. error vs eigsh", "certified", "time / lossatlas f32"],
+                       top),
+        markdown_table(["spectral density", "seconds", "HVPs", "∫ density"], dens),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 40-32-32-10 MLP, 2 epochs: a smoke run")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--probes", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    threads = set_threads(args.threads)
+    info = machine_info(threads, peers=("PyHessian", "hessian-eigenthings", "scipy"))
+    widths, epochs = ("32-32", 2) if args.quick else ("256-256", args.epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(widths, epochs, args.probes, Path(tmp))
+    result.update(machine=info, model=f"zoo:mlp:widths={widths}", epochs=epochs, quick=args.quick)
+    if not args.quick:
+        write_results("hessian", result)
+    text = tables(result)
+    print(machine_line(info) + "\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""21×21 loss surfaces: lossatlas against loss-landscapes' ``random_plane``, in one process.
+
+Two problems from the core issue, each trained briefly with :func:`lossatlas.train.train` so that biases
+and BatchNorm statistics are not at their initial values (loss-landscapes' filter normalisation divides
+by zero on an all-zero bias):
+
+* ``mlp``: ``zoo:mlp:widths=256-256`` (40-256-256-10) on ``mnist1d`` (4000 training samples);
+* ``bncnn``: ``zoo:bncnn`` (4 conv + BatchNorm, 16-32-32-64) on ``digits`` (1437 training samples).
+
+Per problem, alternately ``--repeats`` times (best time kept):
+
+* **loss-landscapes** 3.0.6: ``random_plane(model, Loss(F.cross_entropy, x_train, y_train), distance=0.5,
+  steps=21, normalization="filter")``: 441 points, each one forward pass over all training samples;
+* **lossatlas**: ``surface(model, data, x="-1:1:21", y="-1:1:21", eval_spec=EvalSpec(splits=("train",)))``:
+  the same 441 points over the same samples, end to end (evaluator set-up, filter-normalised directions,
+  provenance, zarr store with region writes), plus training accuracy, which loss-landscapes skips;
+* **lossatlas engine**: ``Evaluator.evaluate_coords`` at loss-landscapes' own 441 parameter points
+  (its directions re-drawn from the same seed with its own functions), which also checks that both
+  tools compute the same numbers: the loss at θ, and the whole grid.
+
+The two tools draw different directions (loss-landscapes: uniform [0, 1) entries, the second made
+orthogonal to the first, biases and BN affine parameters included; lossatlas: Gaussian, biases and BN
+parameters zeroed, Li et al. 2018). Neither changes the cost of a point, which is one forward pass
+over the data with every parameter moved. ``distance=0.5`` makes loss-landscapes' plane span about
+±‖θ‖ per axis, like lossatlas' ``-1:1`` with filter-normalised directions.
+
+Run ``make bench`` (or ``.venv-bench/bin/python benchmarks/surface.py``); ``--quick`` is a 5×5 smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import machine_info, machine_line, markdown_table, set_threads, timed, write_results
+from torch import nn
+
+from lossatlas.data import Dataset, load_data
+from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.models import build_model
+from lossatlas.surface import surface
+from lossatlas.train import TrainSpec, train
+
+try:
+    import loss_landscapes
+    from loss_landscapes.metrics import Loss
+    from loss_landscapes.model_interface.model_parameters import orthogonal_to, rand_u_like
+    from loss_landscapes.model_interface.model_wrapper import wrap_model
+except ImportError:  # the project venv: lossatlas numbers only
+    loss_landscapes = None
+
+SEED = 0
+DISTANCE = 0.5
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem: a zoo model on a built-in dataset and the speed-up the issue asks for."""
+
+    name: str
+    model: str
+    data: str
+    epochs: int
+    target: float
+
+
+PROBLEMS = (
+    Problem("mlp", "zoo:mlp:widths=256-256", "mnist1d", epochs=5, target=1.0),
+    Problem("bncnn", "zoo:bncnn", "digits", epochs=5, target=3.0),
+)
+
+
+def trained_model(problem: Problem, data: Dataset, workdir: Path) -> nn.Module:
+    """The problem's model after a few epochs of SGD (seeded; a few seconds)."""
+    model = build_model(problem.model, input_shape=data.input_shape, output_dim=data.output_dim, seed=SEED)
+    spec = TrainSpec(epochs=problem.epochs, batch_size=64, lr=0.05, seed=SEED)
+    return train(model, data, spec, workdir / f"train-{problem.name}").eval()
+
+
+def loss_landscapes_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> np.ndarray:
+    """loss-landscapes' ``random_plane`` (steps × steps), directions drawn from ``torch.manual_seed(SEED)``."""
+    torch.manual_seed(SEED)
+    return loss_landscapes.random_plane(model, Loss(F.cross_entropy, x, y), distance=DISTANCE, steps=steps,
+                                        normalization="filter", deepcopy_model=False)
+
+
+def loss_landscapes_points(model: nn.Module, steps: int) -> tuple[dict[str, torch.Tensor], list[dict], torch.Tensor]:
+    """θ, the two directions and the (steps², 2) coordinates of the points ``random_plane`` evaluates.
+
+    The directions are re-drawn with loss-landscapes' own functions in ``random_plane``'s order, from the
+    same seed. ``random_plane`` starts at θ − (steps/2)(d₁ + d₂) and walks the grid in place, one column
+    per d₁ step, moving along d₂ up the even columns and down the odd ones; an odd column is stored one
+    d₂ step lower than an even one (index k sits at (k − steps/2) d₂ there, at (k + 1 − steps/2) d₂ in
+    an even column). Row-major: point ``i * steps + k`` is grid entry ``[i, k]``.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    torch.manual_seed(SEED)
+    start = wrap_model(copy.deepcopy(model)).get_module_parameters()
+    d1 = rand_u_like(start)
+    d2 = orthogonal_to(d1)
+    d1.filter_normalize_(start)
+    d2.filter_normalize_(start)
+    d1.mul_(((start.model_norm() / DISTANCE) / steps) / d1.model_norm())
+    d2.mul_(((start.model_norm() / DISTANCE) / steps) / d2.model_norm())
+    theta = {n: p.detach().clone() for n, p in zip(names, start.parameters, strict=True)}
+    dirs = [{n: t.detach().clone() for n, t in zip(names, d.parameters, strict=True)} for d in (d1, d2)]
+    half = steps / 2
+    coords = [(i - half, k + (1 if i % 2 == 0 else 0) - half) for i in range(steps) for k in range(steps)]
+    return theta, dirs, torch.tensor(coords, dtype=torch.float64)
+
+
+def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> dict[str, Any]:
+    """Time both tools on one problem; check they agree at θ and over loss-landscapes' grid."""
+    data = load_data(problem.data)
+    model = trained_model(problem, data, workdir)
+    x, y = data.split("train")
+    spec = EvalSpec(splits=("train",))
+    axis = f"-1:1:{steps}"
+    points = steps * steps
+    row: dict[str, Any] = {
+        "problem": problem.name, "model": problem.model, "data": problem.data,
+        "parameters": sum(p.numel() for p in model.parameters()), "samples_per_point": int(x.shape[0]),
+        "grid": f"{steps}x{steps}", "points": points, "target_ratio": problem.target,
+        "batch_size": spec.batch_size,
+    }
+    evaluator = Evaluator(model, data, spec)
+    theta = evaluator.theta()
+    row["lossatlas_loss_at_theta"] = evaluator.evaluate_one(theta)["train_loss"]
+    if loss_landscapes is not None:
+        row["loss_landscapes_loss_at_theta"] = loss_landscapes.point(copy.deepcopy(model), Loss(F.cross_entropy, x, y))
+        row["loss_at_theta_abs_diff"] = abs(row["lossatlas_loss_at_theta"] - row["loss_landscapes_loss_at_theta"])
+        ll_theta, ll_dirs, ll_coords = loss_landscapes_points(model, steps)
+
+    times: dict[str, list[float]] = {"loss_landscapes": [], "lossatlas": [], "lossatlas_engine": []}
+    for _ in range(repeats):  # alternate the tools so both see the same machine load
+        if loss_landscapes is not None:
+            subject = copy.deepcopy(model).eval()
+            seconds, ll_grid = timed(lambda subject=subject: loss_landscapes_plane(subject, x, y, steps))
+            times["loss_landscapes"].append(seconds)
+            seconds, engine = timed(lambda: evaluator.evaluate_coords(ll_theta, ll_dirs, ll_coords))
+            times["lossatlas_engine"].append(seconds)
+        seconds, ds = timed(lambda: surface(model, data, x=axis, y=axis, eval_spec=spec,
+                                            out=workdir / f"{problem.name}.zarr", overwrite=True))
+        times["lossatlas"].append(seconds)
+
+    row["seconds"] = times
+    centre = steps // 2
+    row["lossatlas_surface_loss_at_theta"] = float(ds["train_loss"].values[centre, centre])
+    for tool, runs in times.items():
+        if runs:
+            row[f"{tool}_points_per_s"] = points / min(runs)
+    if loss_landscapes is not None:
+        ours = engine["train_loss"].numpy().reshape(steps, steps)
+        row["grid_max_abs_diff"] = float(np.abs(ours - ll_grid).max())
+        row["grid_max_rel_diff"] = float((np.abs(ours - ll_grid) / np.abs(ll_grid)).max())
+        row["ratio"] = row["lossatlas_points_per_s"] / row["loss_landscapes_points_per_s"]
+        row["engine_ratio"] = row["lossatlas_engine_points_per_s"] / row["loss_landscapes_points_per_s"]
+        row["target_met"] = row["ratio"] >= problem.target
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of a run."""
+    headers = ["problem", "params", "samples/point", "grid", "loss-landscapes pts/s", "lossatlas pts/s",
+               "ratio", "target", "engine pts/s (ratio)", "|Δ loss| at θ", "max |Δ| on grid"]
+    out = []
+    for r in rows:
+        peer = "loss_landscapes_points_per_s" in r
+        ratio = f"**{r['ratio']:.2f}×**" + ("" if r["target_met"] else " (missed)") if peer else "–"
+        out.append([
+            f"{r['problem']} ({r['model']} on {r['data']})", f"{r['parameters']:,}", r["samples_per_point"],
+            r["grid"], f"{r['loss_landscapes_points_per_s']:.1f}" if peer else "–",
+            f"{r['lossatlas_points_per_s']:.1f}", ratio, f"≥ {r['target_ratio']:g}×",
+            f"{r['lossatlas_engine_points_per_s']:.1f} ({r['engine_ratio']:.2f}×)" if peer else "–",
+            f"{r['loss_at_theta_abs_diff']:.1e}" if peer else "–",
+            f"{r['grid_max_abs_diff']:.1e}" if peer else "–",
+        ])
+    return markdown_table(headers, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=21, help="grid points per axis (default 21)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--problems", default=",".join(p.name for p in PROBLEMS), help="comma-separated")
+    parser.add_argument("--quick", action="store_true", help="5×5 grid, one repeat: a smoke run")
+    args = parser.parse_args(argv)
+    steps, repeats = (5, 1) if args.quick else (args.steps, args.repeats)
+    if steps < 2 or repeats < 1:
+        parser.error("--steps must be >= 2 and --repeats >= 1")
+    chosen = [p for p in PROBLEMS if p.name in args.problems.split(",")]
+    if not chosen:
+        parser.error(f"--problems must name some of {', '.join(p.name for p in PROBLEMS)}")
+    threads = set_threads(args.threads)
+    info = machine_info(threads, peers=("loss-landscapes",))
+    print(machine_line(info), flush=True)
+    if loss_landscapes is None:
+        print("loss-landscapes is not installed (use the bench venv: make bench); lossatlas only.")
+    with tempfile.TemporaryDirectory(prefix="lossatlas-bench-") as tmp:
+        rows = []
+        for problem in chosen:
+            print(f"running {problem.name} ({steps}x{steps}, {repeats} repeats) ...", flush=True)
+            rows.append(run_problem(problem, steps, repeats, Path(tmp)))
+    print()
+    print(table(rows))
+    path = write_results("surface", {"machine": info, "steps": steps, "repeats": repeats, "rows": rows})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
