@@ -27,12 +27,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
-	$(MAKE) -C benchmarks PY=$(abspath $(PY)) all
+# Benchmarks run in their own venv (.venv-bench: CPU torch, lossatlas, the peer tools); see benchmarks/Makefile.
+bench:
+	$(MAKE) -C benchmarks PYTHON=$(PYTHON) all
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-bench runs .pytest_cache

@@ -64,6 +64,18 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI, %), else None.
+
+    Near 0 on a quiet machine; other jobs on the same cores push it up and make timings noisy.
+    """
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(item.split("=") for item in first.split()[1:])["avg10"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
 def machine_info(threads: int, peers: Sequence[str] = ()) -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, torch threads, versions, fp32 matmul GFLOP/s, load."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
@@ -78,6 +90,7 @@ def machine_info(threads: int, peers: Sequence[str] = ()) -> dict[str, Any]:
         **{peer: package_version(peer) for peer in peers},
         "fp32_matmul_gflops": round(matmul_gflops(), 1),
         "load_average_1m_at_start": round(load[0], 2),
+        "cpu_pressure_at_start": cpu_pressure(),
     }
 
 
@@ -87,11 +100,14 @@ def machine_line(info: dict[str, Any]) -> str:
     return (f"**Machine:** {info['cpu']}, {info['cores']} cores, torch {info['torch']} with "
             f"{info['torch_threads']} threads, Python {info['python']}, {info['platform']}; fp32 matmul "
             f"(2048×2048 `torch.mm`, best of 10) **{info['fp32_matmul_gflops']} GFLOP/s**; load average "
-            f"{info['load_average_1m_at_start']} at start" + (f"; {peers}" if peers else "") + ".")
+            f"{info['load_average_1m_at_start']} at start"
+            + ("" if info.get("cpu_pressure_at_start") is None
+               else f" (CPU pressure {info['cpu_pressure_at_start']:.0f} %)")
+            + (f"; {peers}" if peers else "") + ".")
 
 
 _CORE_KEYS = {"cpu", "cores", "torch_threads", "torch", "python", "platform", "fp32_matmul_gflops",
-              "load_average_1m_at_start"}
+              "load_average_1m_at_start", "cpu_pressure_at_start"}
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:

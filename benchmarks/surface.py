@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import machine_info, machine_line, markdown_table, set_threads, timed, write_results
+from common import cpu_pressure, machine_info, machine_line, markdown_table, set_threads, timed, write_results
 from torch import nn
 
 from lossatlas.data import Dataset, load_data
@@ -152,6 +152,8 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
         times["lossatlas"].append(seconds)
 
     row["seconds"] = times
+    row["one_point_per_pass"] = evaluator._one_point_per_pass(points)
+    row["channels_last"] = evaluator._channels_last
     centre = steps // 2
     row["lossatlas_surface_loss_at_theta"] = float(ds["train_loss"].values[centre, centre])
     for tool, runs in times.items():
@@ -170,7 +172,7 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of a run."""
     headers = ["problem", "params", "samples/point", "grid", "loss-landscapes pts/s", "lossatlas pts/s",
-               "ratio", "target", "engine pts/s (ratio)", "|Δ loss| at θ", "max |Δ| on grid"]
+               "ratio", "target", "engine pts/s (ratio)", "|Δ loss| at θ", "max rel. Δ on grid"]
     out = []
     for r in rows:
         peer = "loss_landscapes_points_per_s" in r
@@ -181,7 +183,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['lossatlas_points_per_s']:.1f}", ratio, f"≥ {r['target_ratio']:g}×",
             f"{r['lossatlas_engine_points_per_s']:.1f} ({r['engine_ratio']:.2f}×)" if peer else "–",
             f"{r['loss_at_theta_abs_diff']:.1e}" if peer else "–",
-            f"{r['grid_max_abs_diff']:.1e}" if peer else "–",
+            f"{r['grid_max_rel_diff']:.1e}" if peer else "–",
         ])
     return markdown_table(headers, out)
 
@@ -210,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in chosen:
             print(f"running {problem.name} ({steps}x{steps}, {repeats} repeats) ...", flush=True)
             rows.append(run_problem(problem, steps, repeats, Path(tmp)))
+    info["cpu_pressure_at_end"] = cpu_pressure()
     print()
     print(table(rows))
+    print(f"\nCPU pressure at the end: {info['cpu_pressure_at_end']} %.")
     path = write_results("surface", {"machine": info, "steps": steps, "repeats": repeats, "rows": rows})
     print(f"\nwrote {path}")
     return 0

@@ -25,9 +25,10 @@ def problem() -> dict:
             "g": dense_gradient(net, ev.loss_fn, x, y)}
 
 
-def test_hvp_matches_dense_hessian_with_bn_and_uneven_last_batch(problem) -> None:
-    op = HessianOperator(problem["ev"], dtype="float64")
-    assert op.n == problem["H"].shape[0] and op.num_samples == N_TRAIN
+@pytest.mark.parametrize("cache", [False, True])  # forward-over-reverse, or stored reverse graphs
+def test_hvp_matches_dense_hessian_with_bn_and_uneven_last_batch(problem, cache) -> None:
+    op = HessianOperator(problem["ev"], dtype="float64", cache=cache)
+    assert op.n == problem["H"].shape[0] and op.num_samples == N_TRAIN and op.cache is cache
     v = torch.randn(op.n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), problem["H"] @ v, rtol=1e-10, atol=1e-12)
     assert op.hvp_count == 1
@@ -45,6 +46,7 @@ def test_dense_operator_and_gradient_match_reference(problem) -> None:
 
 def test_float32_products_are_close(problem) -> None:
     op = HessianOperator(problem["ev"], dtype="float32")
+    assert op.cache  # a tiny problem fits the default 1 GiB budget
     v = torch.randn(op.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = problem["H"] @ v
     assert op.matvec(v).dtype == torch.float64
@@ -55,9 +57,9 @@ def test_batch_size_does_not_change_the_average(problem) -> None:
     """Sum of batch sums / N: batch 16 (uneven), 7 and one full batch agree to rounding."""
     v = torch.randn(problem["H"].shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     results = []
-    for batch in (N_TRAIN, BATCH, 7):
+    for batch, cache in ((N_TRAIN, False), (BATCH, True), (7, False)):
         ev = Evaluator(problem["net"], problem["data"], EvalSpec(batch_size=batch, splits=("train",)))
-        results.append(HessianOperator(ev).matvec(v))
+        results.append(HessianOperator(ev, cache=cache).matvec(v))
     for r in results[1:]:
         torch.testing.assert_close(r, results[0], rtol=1e-12, atol=1e-14)
 

@@ -17,6 +17,7 @@ resume works the same way whichever executor ran the work.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -335,6 +336,7 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
                                dashboard_address=None, silence_logs=logging.ERROR)
     try:
         client = Client(cluster, set_as_default=False)
+        client.run(importlib.import_module, "lossatlas.surface")  # torch & co. load while the cluster starts
         return DaskExecutor(client, cluster, retries=retries, torch_threads=threads)
     except BaseException:
         cluster.close()

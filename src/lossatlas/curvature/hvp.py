@@ -12,7 +12,8 @@ that average per-batch means). BatchNorm runs in eval mode with the evaluator's 
 
 :func:`hvp_sum` is the building block a data-sharded executor needs: the sum over the samples of one
 ``(x, y)`` shard. :class:`HessianOperator` adds the exact full-split average, parameter subsets, float32 or
-float64 arithmetic and a product counter; :class:`FunctionHessian` is the same operator for a closed-form
+float64 arithmetic and a product counter; when it fits in memory it also keeps each batch's reverse-mode
+graph of ∇L (``torch.func.vjp``), so the many products at one θ cost a single backward sweep each; :class:`FunctionHessian` is the same operator for a closed-form
 scalar function L(θ) (the seed-004 examples, quadratic test problems).
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, grad_and_value, jvp, vmap
+from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from lossatlas.errors import UserInputError
 from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator, LossFn
@@ -210,13 +211,18 @@ class HessianOperator(_Operator):
         params: regular expression selecting parameter names (``re.search``); ``None`` = all of ``point``.
         dtype: arithmetic of the products, ``float32`` or ``float64`` (results accumulate in float64).
         split: ``train`` or ``test``.
+        cache: keep each batch's reverse-mode graph of ∇L between products (``None``: when the estimated
+            size fits ``evaluator.spec.memory_bytes``). Every product at a fixed θ then costs one backward
+            pass through the stored graph (``torch.func.vjp`` of ``grad``, reverse-over-reverse) instead of a
+            forward and two sweeps: about 2× faster for the many products of Lanczos, trace and density.
+            Without it each product is :func:`hvp_sum` (forward-over-reverse). Both are exact.
 
-    ``matvec(v)`` = (1/N) Σ_batches :func:`hvp_sum`; ``hvp_count`` counts full-split products.
+    ``matvec(v)`` = (1/N) Σ_batches (per-batch sum of H_n v); ``hvp_count`` counts full-split products.
     """
 
     def __init__(self, evaluator: Evaluator, point: Mapping[str, Tensor] | None = None, *,
                  params: str | None = None, dtype: str | torch.dtype = torch.float64,
-                 split: str = "train") -> None:
+                 split: str = "train", cache: bool | None = None) -> None:
         dtype = as_dtype(dtype)
         if split not in evaluator.splits:
             raise UserInputError(f"split '{split}' is not available; use one of {', '.join(evaluator.splits)}")
@@ -240,6 +246,8 @@ class HessianOperator(_Operator):
         self.x = x.to(dtype) if x.is_floating_point() else x
         self.y = y.to(dtype) if y.is_floating_point() else y
         self.hvp_count = 0
+        self.cache = self._graph_bytes() <= evaluator.spec.memory_bytes if cache is None else bool(cache)
+        self._graphs: list[Callable[[ParamDict], tuple[ParamDict]]] | None = None
 
     @classmethod
     def from_model(cls, model: nn.Module, data: Any, spec: EvalSpec | None = None, *, device: str = "cpu",
@@ -257,10 +265,32 @@ class HessianOperator(_Operator):
         for start in range(0, self.num_samples, self.batch_size):
             yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
 
+    def _graph_bytes(self) -> int:
+        """Rough size of all batches' stored ∇L graphs: activations ×8 plus parameter-sized buffers."""
+        per_sample = int(getattr(self.evaluator, "_per_sample", 0)) or 1
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        batches = -(-self.num_samples // self.batch_size)
+        return itemsize * (8 * per_sample * self.num_samples + 4 * self.n * batches)
+
+    def _batch_graphs(self) -> list[Callable[[ParamDict], tuple[ParamDict]]]:
+        """Per batch, ``v -> (Σ H_n v,)`` through the stored reverse-mode graph of the batch's ∇L."""
+        if self._graphs is None:
+            self._graphs = []
+            for xb, yb in self.batches():
+                def batch_grad(th: ParamDict, xb: Tensor = xb, yb: Tensor = yb) -> ParamDict:
+                    return grad(_batch_loss_sum)(th, self.model, self.buffers, self.loss_fn, xb, yb)
+                self._graphs.append(vjp(batch_grad, dict(self.theta))[1])
+        return self._graphs
+
     def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:
         total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
-        for xb, yb in self.batches():
-            for k, t in hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v).items():
+        if self.cache:
+            parts = (graph(v)[0] for graph in self._batch_graphs())
+        else:
+            parts = (hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v)
+                     for xb, yb in self.batches())
+        for part in parts:
+            for k, t in part.items():
                 total[k] += t.double()
         return total, float(self.num_samples)
 
