@@ -9,6 +9,7 @@ from lossatlas.curvature.hvp import HessianOperator
 from lossatlas.curvature.lanczos import Which, lanczos
 from lossatlas.errors import UserInputError
 from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.params import flatten
 from lossatlas.testing.reference import dense_hessian, spectrum, tiny_bn_problem
 
 
@@ -41,6 +42,16 @@ def test_extreme_eigenpairs_of_a_bn_net_match_dense_to_1e_6(network, which) -> N
         assert true_residual <= 1e-10 * max(abs(float(lam)), res.eps) * 1.01
         assert abs(true_residual - float(r)) <= 1e-9 * float(eig.abs().max())
     torch.testing.assert_close(res.vectors @ res.vectors.T, torch.eye(3, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_operator_eigenpairs_are_parameter_dicts(network) -> None:
+    op = network["op"]
+    res = op.eigenpairs(2, "largest", tol=1e-10)
+    assert len(res.eigenvectors) == 2 and list(res.eigenvectors[0]) == op.names
+    for d, v in zip(res.eigenvectors, res.vectors, strict=True):
+        assert all(d[k].shape == op.theta[k].shape for k in d)
+        torch.testing.assert_close(flatten(d), v)
+    torch.testing.assert_close(res.eigenvalues, network["eig"].flip(0)[:2], rtol=1e-6, atol=0)
 
 
 def test_synthetic_spectrum_every_end() -> None:
@@ -121,3 +132,20 @@ def test_runs_on_gpu() -> None:
     res = lanczos(lambda v: a @ v, 100, 2, Which.both, tol=1e-10, device="cuda")
     assert res.vectors.device.type == "cuda"
     torch.testing.assert_close(res.eigenvalues, torch.tensor([3.0, -2.0], dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+@pytest.mark.slow
+def test_mnist1d_mlp_top_and_bottom_against_dense() -> None:
+    """A real problem: MLP 40-16-16-10 (1,098 parameters) on all 4000 MNIST-1D training samples."""
+    from lossatlas.data import load_data
+    from lossatlas.models import build_model
+
+    data = load_data("mnist1d")
+    net = build_model("zoo:mlp:widths=16-16", input_shape=data.input_shape, output_dim=data.output_dim, seed=0)
+    ev = Evaluator(net, data, EvalSpec(batch_size=1000, splits=("train",)))
+    eig = spectrum(dense_hessian(net, ev.loss_fn, data.x_train, data.y_train))
+    op = HessianOperator(ev)
+    top, bottom = op.eigenpairs(5, "largest", tol=1e-10), op.eigenpairs(3, "smallest", tol=1e-10)
+    assert top.all_converged and bottom.all_converged
+    torch.testing.assert_close(top.eigenvalues, eig.flip(0)[:5], rtol=1e-6, atol=0)
+    torch.testing.assert_close(bottom.eigenvalues, eig[:3], rtol=1e-6, atol=1e-9 * float(eig.abs().max()))

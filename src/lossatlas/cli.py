@@ -59,7 +59,7 @@ def user_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     """A Rich progress bar, shown from the first ``update(done, total)`` on (so early errors stay one line)."""
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
@@ -71,7 +71,10 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         if not started:
             bar.start()
             started = True
-        bar.update(task, completed=done, total=total, **({"description": description} if description else {}))
+        if description:
+            bar.update(task, completed=done, total=total, description=description)
+        else:
+            bar.update(task, completed=done, total=total)
 
     try:
         yield update

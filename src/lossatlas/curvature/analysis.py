@@ -28,7 +28,7 @@ from torch import nn
 from lossatlas.curvature.critical import Tolerances, critical_point
 from lossatlas.curvature.density import spectral_density
 from lossatlas.curvature.hvp import HessianOperator, as_dtype
-from lossatlas.curvature.lanczos import LanczosResult, Which, lanczos
+from lossatlas.curvature.lanczos import LanczosResult, Which
 from lossatlas.curvature.trace import TraceMethod, estimate_trace
 from lossatlas.errors import UserInputError
 from lossatlas.evaluate import EvalSpec, Evaluator
@@ -141,10 +141,10 @@ def hessian_analysis(model: nn.Module, data: Any, spec: HessianSpec = HessianSpe
     stats: dict[str, Any] = {}
     for which, k, name in ((Which.largest, spec.top, "top"), (Which.smallest, spec.bottom, "bottom")):
         if k:
-            res = lanczos(op.matvec, op.n, k, which, tol=tol, max_matvecs=spec.max_hvps, seed=spec.seed,
-                          device=op.device, progress=phase(f"{name}-{k} eigenpairs"))
+            res = op.eigenpairs(k, which, tol=tol, max_matvecs=spec.max_hvps, seed=spec.seed,
+                                progress=phase(f"{name}-{k} eigenpairs"))
             variables.update(_eigen_vars(name, res))
-            vectors[name] = [op.to_dict(v) for v in res.vectors]
+            vectors[name] = list(res.eigenvectors)
             stats[f"{name}_matvecs"], stats[f"{name}_restarts"] = res.matvecs, res.restarts
             stats["eps"] = res.eps
     if spec.trace:

@@ -78,7 +78,8 @@ def lanczos_quadrature(matvec: Callable[[Tensor], Tensor], v: Tensor, steps: int
     n = v.numel()
     steps = min(steps, n)
     basis = torch.zeros(steps, n, dtype=torch.float64, device=v.device)
-    alpha, beta = [], []
+    alpha: list[float] = []
+    beta: list[float] = []
     q = v.double() / v.double().norm()
     for j in range(steps):
         basis[j] = q

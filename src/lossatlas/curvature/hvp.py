@@ -13,8 +13,9 @@ that average per-batch means). BatchNorm runs in eval mode with the evaluator's 
 :func:`hvp_sum` is the building block a data-sharded executor needs: the sum over the samples of one
 ``(x, y)`` shard. :class:`HessianOperator` adds the exact full-split average, parameter subsets, float32 or
 float64 arithmetic and a product counter; when it fits in memory it also keeps each batch's reverse-mode
-graph of ∇L (``torch.func.vjp``), so the many products at one θ cost a single backward sweep each; :class:`FunctionHessian` is the same operator for a closed-form
-scalar function L(θ) (the seed-004 examples, quadratic test problems).
+graph of ∇L (``torch.func.vjp``), so the many products at one θ cost a single backward sweep each.
+:class:`FunctionHessian` is the same operator for a closed-form scalar function L(θ) (the seed-004
+examples, quadratic test problems).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def hvp_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str,
         ``{name: tensor}`` shaped like ``theta``; divide the sum over all shards by N for H v.
     """
     v = _as_dict(v, theta)
-    _, hv = jvp(lambda th: grad(_batch_loss_sum)(th, model, buffers, loss_fn, x, y), (dict(theta),), (v,))
+    hv: ParamDict = jvp(lambda th: grad(_batch_loss_sum)(th, model, buffers, loss_fn, x, y), (dict(theta),), (v,))[1]
     return hv
 
 
@@ -165,6 +166,16 @@ class _Operator:
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def eigenpairs(self, k: int = 1, which: str = "largest", **kwargs: Any) -> Any:
+        """Certified extreme eigenpairs (:func:`lossatlas.curvature.lanczos.lanczos` on this operator).
+
+        Returns a :class:`~lossatlas.curvature.lanczos.LanczosResult` whose ``eigenvectors`` are parameter
+        dicts; ``kwargs`` (``tol``, ``max_matvecs``, ``v0``, ``seed``, ...) go to ``lanczos``.
+        """
+        from lossatlas.curvature.lanczos import lanczos
+
+        return lanczos(self.matvec, self.n, k, which, device=self.device, like=self.theta, **kwargs)
 
     def gradient(self) -> ParamDict:
         """∇L(θ) over the selected parameters (float64)."""
@@ -334,7 +345,7 @@ class FunctionHessian(_Operator):
         return self.fn({**self._frozen, **th})
 
     def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:
-        _, hv = jvp(grad(self._call), (dict(self.theta),), (v,))
+        hv: ParamDict = jvp(grad(self._call), (dict(self.theta),), (v,))[1]
         return {k: t.double() for k, t in hv.items()}, 1.0
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:

@@ -23,7 +23,7 @@ Krylov space, and extra copies appear only after breakdowns or restarts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,6 +61,8 @@ class LanczosResult:
         matvecs: operator products used.
         restarts: thick restarts performed.
         which, tol, eps: what was asked (``eps`` as finally used, absolute).
+        eigenvectors: the vectors as ``{parameter name: tensor}`` dicts when ``lanczos(..., like=θ)``
+            was given the parameter layout (as :meth:`HessianOperator.eigenpairs` does), else ``()``.
     """
 
     eigenvalues: Tensor
@@ -72,6 +74,7 @@ class LanczosResult:
     which: Which
     tol: float
     eps: float
+    eigenvectors: tuple[dict[str, Tensor], ...] = ()
 
     @property
     def all_converged(self) -> bool:
@@ -131,8 +134,8 @@ def _start_vector(v0: Tensor | Sequence[Tensor] | None, n: int, generator: torch
 def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.largest, *, tol: float = 1e-6,
             eps: float | None = None, ncv: int | None = None, max_matvecs: int = 1000,
             v0: Tensor | Sequence[Tensor] | None = None, seed: int = 0, dtype: torch.dtype = torch.float64,
-            device: str | torch.device | None = None,
-            progress: Callable[[int, int], None] | None = None) -> LanczosResult:
+            device: str | torch.device | None = None, progress: Callable[[int, int], None] | None = None,
+            like: Mapping[str, Tensor] | None = None) -> LanczosResult:
     """``k`` extreme eigenpairs of the symmetric operator ``matvec`` on R^n.
 
     Args:
@@ -149,6 +152,8 @@ def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.large
         seed: seed of the random start (and of restarts after an invariant subspace is found).
         dtype, device: of the Krylov basis (float64 default; device default that of ``v0`` or CPU).
         progress: called as ``progress(matvecs, max_matvecs)`` after every product.
+        like: a parameter dict whose key order and shapes define the flat vectors; the eigenvectors are then
+            also returned as dicts (``LanczosResult.eigenvectors``).
 
     Returns:
         :class:`LanczosResult`.
@@ -211,9 +216,20 @@ def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.large
         V[p] = last
         j, restarts = p, restarts + 1
     out = _output_order(ritz.values, which)
+    vectors = ritz.Y[out]
+    dicts = tuple(_as_named(v, like) for v in vectors) if like is not None else ()
     return LanczosResult(eigenvalues=ritz.values[out].double().cpu(), residuals=ritz.residuals[out].double().cpu(),
-                         converged=ritz.converged[out].cpu(), vectors=ritz.Y[out], matvecs=matvecs,
-                         restarts=restarts, which=which, tol=tol, eps=ritz.floor)
+                         converged=ritz.converged[out].cpu(), vectors=vectors, matvecs=matvecs,
+                         restarts=restarts, which=which, tol=tol, eps=ritz.floor, eigenvectors=dicts)
+
+
+def _as_named(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A flat vector as ``{name: tensor}`` shaped like ``like`` (the vector's dtype is kept)."""
+    out, offset = {}, 0
+    for k, t in like.items():
+        out[k] = vector[offset:offset + t.numel()].reshape(t.shape)
+        offset += t.numel()
+    return out
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class QuadraticBowl(nn.Module):
     (A for c = 0: the Hessian of a quadratic, the same at every point). ``w`` starts at ``w0``.
     """
 
+    a: Tensor
+
     def __init__(self, a: Tensor, w0: Tensor | None = None, quartic: float = 0.0) -> None:
         super().__init__()
         a = (a + a.T) / 2
