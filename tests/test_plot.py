@@ -99,7 +99,9 @@ def test_one_d_twin_axes_with_stderr_band(tmp_path: Path) -> None:
     y = np.ma.masked_invalid(lines["train loss"].get_ydata())
     assert np.ma.getmaskarray(lines["train loss"].get_ydata())[2]  # inf masked, not drawn
     np.testing.assert_allclose(y.compressed(), np.delete(1 + x**2, 2))
-    assert len(ax.collections) == 1  # the ± stderr band
+    assert len(ax.collections) == 1  # the 95% band: value ± 1.96 stderr
+    band_y = np.concatenate([p.vertices[:, 1] for p in ax.collections[0].get_paths()])
+    assert np.isclose(band_y.max() - (1 + 1.0**2), 1.959963984540054 * 0.2)
     np.testing.assert_allclose(ax2.get_lines()[0].get_ydata(), 25.0)
     assert ax2.get_ylim() == (0.0, 100.0) and ax.get_xlabel() == "α"
     plt.close(fig)

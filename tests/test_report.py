@@ -166,8 +166,8 @@ def test_one_d_store_with_stderr_band(tmp_path: Path) -> None:
     hi, lo, line = fig.data[0], fig.data[1], fig.data[2]
     assert lo.fill == "tonexty" and line.name == "train loss"
     ok = np.arange(11) != 3
-    np.testing.assert_allclose((np.asarray(hi.y) - np.asarray(line.y))[ok], 0.1)
-    np.testing.assert_allclose((np.asarray(line.y) - np.asarray(lo.y))[ok], 0.1)
+    np.testing.assert_allclose((np.asarray(hi.y) - np.asarray(line.y))[ok], 1.959963984540054 * 0.1)
+    np.testing.assert_allclose((np.asarray(line.y) - np.asarray(lo.y))[ok], 1.959963984540054 * 0.1)
     assert np.isnan(line.y[3]) and np.isnan(hi.y[3]) and np.isnan(lo.y[3])
     acc = next(t for t in fig.data if (t.name or "").startswith("train accuracy"))
     assert acc.yaxis == "y2"

@@ -1,7 +1,7 @@
 """Static matplotlib figures of stored surfaces.
 
 1D stores: loss (train solid, test dashed) on the left axis and accuracy on a twin right axis, as in
-Li et al. 2018 Fig. 2, with ``± stderr`` bands where a ``<metric>_stderr`` variable is stored.
+Li et al. 2018 Fig. 2, with 95% interval bands (± 1.96 stderr) where a ``<metric>_stderr`` variable is stored.
 2D stores: contour lines with Li et al.-style levels ``arange(vmin, vmax, vlevel)`` (their
 ``plot_2D.py``), filled contours, a heatmap and a 3D surface of a metric, optionally in log10.
 Non-finite points (NaN/inf losses of diverged points; non-positive values in log scale) are masked,
@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lossatlas.errors import UserInputError  # noqa: E402
 from lossatlas.store import COMPLETED, open_surface  # noqa: E402
+from lossatlas.subset import Z95  # noqa: E402
 
 STDERR = "_stderr"
 
@@ -179,7 +180,7 @@ def plot_2d(ds: xr.Dataset, out_dir: Path, stem: str, metric: str = "train_loss"
 
 
 def figure_1d(ds: xr.Dataset, log: bool = False, title: str | None = None) -> Figure:
-    """Loss and accuracy against ``x`` on twin axes (train solid, test dashed), ``± stderr`` bands."""
+    """Loss and accuracy against ``x`` on twin axes (train solid, test dashed), 95% interval bands."""
     x = ds["x"].values
     fig, ax = plt.subplots(figsize=(6, 4))
 
@@ -191,7 +192,7 @@ def figure_1d(ds: xr.Dataset, log: bool = False, title: str | None = None) -> Fi
             v = scale * masked(ds[name].values, False)
             axis.plot(x, v, style, color=color, label=f"{split} {metric}")
             if f"{name}{STDERR}" in ds:
-                se = scale * np.ma.filled(masked(ds[f"{name}{STDERR}"].values, False), np.nan)
+                se = Z95 * scale * np.ma.filled(masked(ds[f"{name}{STDERR}"].values, False), np.nan)
                 vv = np.ma.filled(v, np.nan)
                 axis.fill_between(x, vv - se, vv + se, color=color, alpha=0.2, linewidth=0)
 

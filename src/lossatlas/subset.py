@@ -123,6 +123,10 @@ def mean_stderr(total: Tensor | float, total_sq: Tensor | float, n: int, populat
     return torch.sqrt((1.0 - n / population) * var / n)
 
 
+Z95 = 1.959963984540054
+"""Two-sided 95% normal quantile: the half-width of a 95% interval is ``Z95 · SE``."""
+
+
 def confidence_interval(ds: xr.Dataset, metric: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds ``value ∓ z·SE`` of a stored metric (normal approximation, z(0.95) = 1.96).
 

@@ -24,6 +24,7 @@ import xarray as xr
 
 from lossatlas.report.registry import esc, plotly_text
 from lossatlas.store import COMPLETED
+from lossatlas.subset import Z95
 
 TEMPLATE = "plotly_white"
 STDERR = "_stderr"
@@ -204,7 +205,7 @@ def stderr_map(ds: xr.Dataset, name: str) -> go.Figure:
 
 
 def _band(x: np.ndarray, v: np.ndarray, se: np.ndarray, color: str, axis: str, name: str) -> list[go.Scatter]:
-    lo, hi = v - se, v + se
+    lo, hi = v - Z95 * se, v + Z95 * se  # the 95% interval of subset evaluation
     common = {"x": x, "mode": "lines", "line": {"width": 0, "color": color}, "yaxis": axis,
               "hoverinfo": "skip", "showlegend": False, "legendgroup": name}
     return [go.Scatter(y=hi, **common),
