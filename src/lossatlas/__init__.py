@@ -10,6 +10,8 @@ The public API (everything else is internal)::
     open_surface(path)                   -> xarray.Dataset
     load_directions(path)                -> list[dict[str, Tensor]]
     DirectionSpec, EvalSpec, TrainSpec, Axis, Evaluator
+    make_executor(workers=, scheduler=)  -> executor for surface(..., executor=)
+    build_report(run_dir, out=)          -> one self-contained HTML page
 
 ``surface`` and ``train`` are functions here even though submodules of the same name exist; they are bound
 eagerly so that importing the submodules cannot shadow them. Other names are imported lazily.
@@ -36,6 +38,8 @@ _EXPORTS = {
     "EvalSpec": "lossatlas.evaluate",
     "Evaluator": "lossatlas.evaluate",
     "UserInputError": "lossatlas.errors",
+    "make_executor": "lossatlas.execute",
+    "build_report": "lossatlas.report",
 }
 
 __all__ = ["__version__", "interpolate", "surface", "train", "TrainSpec", *_EXPORTS]
