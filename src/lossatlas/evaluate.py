@@ -281,7 +281,12 @@ class Evaluator:
             return vmap(forward, in_dims=(0, None))  # type: ignore[no-any-return]
         cl = self._channels_last and self.device.type == "cpu"
         points = [{k: _layout(v[i], cl) for k, v in stacked.items()} for i in range(p)]
-        return lambda _stacked, x: torch.stack([forward(point, _layout(x, cl)) for point in points])
+
+        def one_by_one(_stacked: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            x = _layout(x, cl)
+            return torch.stack([forward(point, x) for point in points])
+
+        return one_by_one
 
     # -- evaluation ----------------------------------------------------------------------------
     def _batch_totals(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -316,19 +321,20 @@ class Evaluator:
         results: dict[str, Tensor] = {}
         for split, (x, y) in self.splits.items():
             n = x.shape[0]
-            loss_sum: Tensor | float = 0.0
-            correct_sum: Tensor | float = 0.0
-            square_sum: Tensor | float = 0.0
+            p_points = next(iter(stacked.values())).shape[0]
+            loss_sum = torch.zeros(p_points, dtype=torch.float64, device=self.device)
+            correct_sum = torch.zeros_like(loss_sum)
+            square_sum = torch.zeros_like(loss_sum)
             for start in range(0, n, self.spec.batch_size):
                 xb, yb = x[start:start + self.spec.batch_size], y[start:start + self.spec.batch_size]
                 ls, cs, ss = self._batch_totals(batched(dict(stacked), xb), yb)
                 loss_sum = loss_sum + ls
                 correct_sum = correct_sum + cs
                 square_sum = square_sum + ss
-            results[f"{split}_loss"] = (loss_sum / n).cpu()  # type: ignore[operator]
+            results[f"{split}_loss"] = (loss_sum / n).cpu()
             if self.classification:
-                results[f"{split}_accuracy"] = (correct_sum / n).cpu()  # type: ignore[operator]
-            results.update(self._stderr(split, loss_sum, square_sum, correct_sum))  # type: ignore[arg-type]
+                results[f"{split}_accuracy"] = (correct_sum / n).cpu()
+            results.update(self._stderr(split, loss_sum, square_sum, correct_sum))
         return results
 
     def _stderr(self, split: str, loss_sum: Tensor | float, square_sum: Tensor | float,

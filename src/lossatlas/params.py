@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ def add_scaled(theta: Mapping[str, Tensor], directions: Iterable[Mapping[str, Te
     return out
 
 
-def stack_points(theta: Mapping[str, Tensor], directions: list[Mapping[str, Tensor]],
+def stack_points(theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
                  coords: Tensor) -> ParamDict:
     """Stacked parameters for P points: ``out[k][p] = θ[k] + Σᵢ coords[p, i] · dᵢ[k]``.
 

@@ -119,13 +119,13 @@ def load_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
     if not path.exists():
         raise UserInputError(f"store '{path}' does not exist")
     try:
-        group = zarr.open_group(str(path), mode="r")[_DIRECTIONS]
+        group: Any = zarr.open_group(str(path), mode="r")[_DIRECTIONS]
     except (KeyError, FileNotFoundError):
         raise UserInputError(f"store '{path}' holds no directions") from None
-    out = []
-    for axis in group.attrs["axes"]:  # type: ignore[union-attr]
-        sub = group[axis]  # type: ignore[index]
-        out.append({name: torch.from_numpy(np.asarray(sub[name][...])) for name in sub.attrs["names"]})
+    out: list[dict[str, torch.Tensor]] = []
+    for axis in group.attrs["axes"]:
+        sub = group[axis]
+        out.append({str(name): torch.from_numpy(np.asarray(sub[name][...])) for name in sub.attrs["names"]})
     return out
 
 
