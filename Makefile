@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+
+docs: $(STAMP)
+	$(VENV)/bin/typer lossatlas.cli utils docs --name lossatlas --output docs/cli.md
+	sed -i "s/&#x27;/'/g" docs/cli.md
 
 clean:
 	rm -rf $(VENV) .venv-bench runs .pytest_cache
