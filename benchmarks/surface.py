@@ -85,6 +85,27 @@ def trained_model(problem: Problem, data: Dataset, workdir: Path) -> nn.Module:
     return train(model, data, spec, workdir / f"train-{problem.name}").eval()
 
 
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-add flops (2 per MAC) of the Linear and Conv layers in one forward pass over ``x``."""
+    total = 0
+
+    def count(module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * out.numel() * module.in_features
+        elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            total += 2 * out.numel() * module.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def loss_landscapes_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> np.ndarray:
     """loss-landscapes' ``random_plane`` (steps × steps), directions drawn from ``torch.manual_seed(SEED)``."""
     torch.manual_seed(SEED)
@@ -129,14 +150,13 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
         "problem": problem.name, "model": problem.model, "data": problem.data,
         "parameters": sum(p.numel() for p in model.parameters()), "samples_per_point": int(x.shape[0]),
         "grid": f"{steps}x{steps}", "points": points, "target_ratio": problem.target,
-        "batch_size": spec.batch_size,
+        "batch_size": spec.batch_size, "gflop_per_point": forward_flops(model, x) / 1e9,
     }
     evaluator = Evaluator(model, data, spec)
     theta = evaluator.theta()
     row["lossatlas_loss_at_theta"] = evaluator.evaluate_one(theta)["train_loss"]
     if loss_landscapes is not None:
         row["loss_landscapes_loss_at_theta"] = loss_landscapes.point(copy.deepcopy(model), Loss(F.cross_entropy, x, y))
-        row["loss_at_theta_abs_diff"] = abs(row["lossatlas_loss_at_theta"] - row["loss_landscapes_loss_at_theta"])
         ll_theta, ll_dirs, ll_coords = loss_landscapes_points(model, steps)
 
     times: dict[str, list[float]] = {"loss_landscapes": [], "lossatlas": [], "lossatlas_engine": []}
@@ -159,7 +179,10 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
     for tool, runs in times.items():
         if runs:
             row[f"{tool}_points_per_s"] = points / min(runs)
-    if loss_landscapes is not None:
+            row[f"{tool}_gflops"] = row[f"{tool}_points_per_s"] * row["gflop_per_point"]
+    if loss_landscapes is not None:  # the centre of the surface and evaluate_one at θ, against loss-landscapes
+        row["loss_at_theta_abs_diff"] = max(abs(row[k] - row["loss_landscapes_loss_at_theta"]) for k in
+                                            ("lossatlas_loss_at_theta", "lossatlas_surface_loss_at_theta"))
         ours = engine["train_loss"].numpy().reshape(steps, steps)
         row["grid_max_abs_diff"] = float(np.abs(ours - ll_grid).max())
         row["grid_max_rel_diff"] = float((np.abs(ours - ll_grid) / np.abs(ll_grid)).max())
@@ -188,17 +211,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(headers, out)
 
 
+def flops_table(rows: list[dict[str, Any]], matmul_gflops: float) -> str:
+    """Achieved GFLOP/s (Linear and Conv multiply-adds only) next to the run's fp32 matmul figure."""
+    headers = ["problem", "GFLOP/point", "loss-landscapes GFLOP/s", "lossatlas engine GFLOP/s",
+               "lossatlas surface() GFLOP/s", "fp32 matmul GFLOP/s (same run)"]
+    out = [[r["problem"], f"{r['gflop_per_point']:.3f}",
+            f"{r['loss_landscapes_gflops']:.0f}" if "loss_landscapes_gflops" in r else "–",
+            f"{r['lossatlas_engine_gflops']:.0f}" if "lossatlas_engine_gflops" in r else "–",
+            f"{r['lossatlas_gflops']:.0f}", f"{matmul_gflops:.0f}"] for r in rows]
+    return markdown_table(headers, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=21, help="grid points per axis (default 21)")
+    parser.add_argument("--steps", type=int, default=21, help="grid points per axis, odd (default 21)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--problems", default=",".join(p.name for p in PROBLEMS), help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="5×5 grid, one repeat: a smoke run")
     args = parser.parse_args(argv)
     steps, repeats = (5, 1) if args.quick else (args.steps, args.repeats)
-    if steps < 2 or repeats < 1:
-        parser.error("--steps must be >= 2 and --repeats >= 1")
+    if steps < 3 or steps % 2 == 0 or repeats < 1:
+        parser.error("--steps must be odd and >= 3 (θ is the centre point) and --repeats >= 1")
     chosen = [p for p in PROBLEMS if p.name in args.problems.split(",")]
     if not chosen:
         parser.error(f"--problems must name some of {', '.join(p.name for p in PROBLEMS)}")
@@ -215,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     info["cpu_pressure_at_end"] = cpu_pressure()
     print()
     print(table(rows))
+    print()
+    print(flops_table(rows, info["fp32_matmul_gflops"]))
     print(f"\nCPU pressure at the end: {info['cpu_pressure_at_end']} %.")
     path = write_results("surface", {"machine": info, "steps": steps, "repeats": repeats, "rows": rows})
     print(f"\nwrote {path}")
