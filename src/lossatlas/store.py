@@ -84,13 +84,19 @@ def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: S
 
 
 def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
-    """Write finished points: metric values first, then the ``completed`` flags of the same region."""
-    dims = tuple(region)
-    shape = tuple(s.stop - s.start for s in region.values())
-    data = {m: (dims, np.asarray(v, dtype=np.float64).reshape(shape)) for m, v in values.items()}
-    xr.Dataset(data).to_zarr(path, region=dict(region), consolidated=False)
-    done = xr.Dataset({COMPLETED: (dims, np.ones(shape, dtype=bool))})
-    done.to_zarr(path, region=dict(region), consolidated=False)
+    """Write finished points: metric values first, then the ``completed`` flags of the same region.
+
+    A region write straight into the zarr arrays (dims read from each array's ``dimension_names``), so a
+    process killed between the two steps leaves the points marked unfinished and they are recomputed.
+    """
+    group = zarr.open_group(str(path), mode="r+")
+    for name in [*values, COMPLETED]:
+        array: Any = group[name]
+        dims = array.metadata.dimension_names or tuple(region)
+        index = tuple(region[d] for d in dims)
+        shape = tuple(s.stop - s.start for s in index)
+        data = np.ones(shape, dtype=bool) if name == COMPLETED else np.asarray(values[name], dtype=np.float64)
+        array[index] = data.reshape(shape)
 
 
 def update_attrs(path: str | Path, **attrs: Any) -> None:
