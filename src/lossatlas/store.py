@@ -83,6 +83,35 @@ def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: S
     return np.zeros(shape, dtype=bool)
 
 
+def _region_writes(group: Any, region: Mapping[str, slice],
+                   values: Mapping[str, np.ndarray]) -> list[tuple[Any, tuple[slice, ...], np.ndarray]]:
+    writes = []
+    for name, v in values.items():
+        array = group[name]
+        dims = array.metadata.dimension_names or tuple(region)
+        index = tuple(region[d] for d in dims)
+        shape = tuple(s.stop - s.start for s in index)
+        data = np.ones(shape, dtype=bool) if v is None else np.asarray(v, dtype=np.float64).reshape(shape)
+        writes.append((array, index, data))
+    return writes
+
+
+def _write_all(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]]) -> None:
+    """Write several zarr arrays; concurrently through zarr's async API when it has one (zarr 3)."""
+    try:
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def all_writes() -> None:
+            await asyncio.gather(*(a._async_array.setitem(i, d) for a, i, d in writes))
+
+        sync(all_writes())
+    except (ImportError, AttributeError):
+        for array, index, data in writes:
+            array[index] = data
+
+
 def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
     """Write finished points: metric values first, then the ``completed`` flags of the same region.
 
@@ -90,13 +119,8 @@ def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[
     process killed between the two steps leaves the points marked unfinished and they are recomputed.
     """
     group = zarr.open_group(str(path), mode="r+")
-    for name in [*values, COMPLETED]:
-        array: Any = group[name]
-        dims = array.metadata.dimension_names or tuple(region)
-        index = tuple(region[d] for d in dims)
-        shape = tuple(s.stop - s.start for s in index)
-        data = np.ones(shape, dtype=bool) if name == COMPLETED else np.asarray(values[name], dtype=np.float64)
-        array[index] = data.reshape(shape)
+    _write_all(_region_writes(group, region, values))
+    _write_all(_region_writes(group, region, {COMPLETED: None}))  # type: ignore[dict-item]
 
 
 def update_attrs(path: str | Path, **attrs: Any) -> None:
