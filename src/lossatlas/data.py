@@ -27,7 +27,6 @@ import math
 import os
 import random
 import re
-import sys
 import tempfile
 import threading
 import zipfile
@@ -41,6 +40,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from lossatlas.errors import UserInputError
+from lossatlas.userfunc import load_callable
 
 __all__ = ["Dataset", "load_data", "dataset_names"]
 
@@ -399,33 +399,9 @@ def _load_npz(spec: str) -> Dataset:
     return _from_arrays(spec, *arrays)
 
 
-def _import_function(spec: str, target: str, function: str) -> Callable[..., Any]:
-    """``file.py`` or ``package.module`` -> its callable attribute ``function``."""
-    try:
-        if target.endswith(".py"):
-            path = Path(target).expanduser().resolve()
-            if not path.is_file():
-                raise _fail(f"{spec}: file {target} not found; check the path")
-            name = "_lossatlas_user_data_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            assert module_spec is not None and module_spec.loader is not None
-            module = sys.modules[name] = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except UserInputError:
-        raise
-    except Exception as err:
-        raise _fail(f"{spec}: importing {target} failed: {type(err).__name__}: {err}") from None
-    fn = getattr(module, function, None)
-    if not callable(fn):
-        raise _fail(f"{spec}: {target} has no function {function!r}; check the name after ':'")
-    return fn
-
-
 def _load_function(spec: str, target: str, function: str, seed: int) -> Dataset:
     """Call the user's function (with ``seed=`` if it takes it) and convert what it returns."""
-    fn = _import_function(spec, target, function)
+    fn = load_callable(target, function, "data")
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no introspectable signature: call without arguments

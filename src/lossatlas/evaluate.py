@@ -12,13 +12,10 @@ channels-last layout (oneDNN's fast path): 2-3x faster there (``benchmarks/READM
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +34,7 @@ from lossatlas.params import (
     stack_points,
 )
 from lossatlas.subset import STDERR_SUFFIX, check_subset, mean_stderr, subset_indices
+from lossatlas.userfunc import load_callable
 
 if TYPE_CHECKING:
     from lossatlas.data import Dataset
@@ -115,39 +113,14 @@ def _mse(out: Tensor, y: Tensor) -> Tensor:
 BUILTIN_LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
 
 
-def load_callable(spec: str, what: str) -> Callable[..., object]:
-    """Resolve ``path/file.py:function`` or ``package.module:function`` (one-line errors)."""
-    if ":" not in spec:
-        raise UserInputError(f"{what} '{spec}' is not of the form module:function or file.py:function")
-    target, _, name = spec.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise UserInputError(f"{what} file '{path}' does not exist")
-            mod_spec = importlib.util.spec_from_file_location(f"_lossatlas_user_{path.stem}", path)
-            assert mod_spec is not None and mod_spec.loader is not None
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except UserInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - user code failing to import is the user's to fix
-        raise UserInputError(f"cannot import {what} '{target}': {type(exc).__name__}: {exc}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise UserInputError(f"{what} '{target}' has no function '{name}'")
-    return fn
-
-
 def resolve_loss(spec: str) -> LossFn:
     """A per-sample loss from its name or ``module:function`` spec."""
     if spec in BUILTIN_LOSSES:
         return BUILTIN_LOSSES[spec]
     if ":" not in spec:
         raise UserInputError(f"unknown loss '{spec}'; use cross_entropy, mse or module:function")
-    return load_callable(spec, "loss")  # type: ignore[return-value]
+    target, _, name = spec.rpartition(":")
+    return load_callable(target, name, "loss")  # type: ignore[return-value]
 
 
 def _activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:

@@ -84,7 +84,7 @@ class InProcessExecutor:
 
 
 # -- shipping tasks ---------------------------------------------------------------------------------
-_USER_MODULES = ("lossatlas_user_", "_lossatlas_user_")  # models, data, losses imported from file.py
+_USER_MODULES = ("lossatlas_user_",)  # models, data, losses imported from file.py (lossatlas.userfunc)
 
 
 class ByValue:

@@ -13,29 +13,17 @@ Everything a user can get wrong raises :class:`~lossatlas.errors.UserInputError`
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
-import re
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
 
 from lossatlas.errors import UserInputError
 from lossatlas.models.zoo import ZOO, build_zoo_model
+from lossatlas.userfunc import load_callable
 
 _SPEC_FORMS = "'zoo:NAME[:key=value,...]', 'path/to/file.py:function' or 'package.module:function'"
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of message`` of an exception, for one-line error messages."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _check_shape(input_shape: Sequence[int], output_dim: int) -> tuple[int, ...]:
@@ -47,59 +35,6 @@ def _check_shape(input_shape: Sequence[int], output_dim: int) -> tuple[int, ...]
     if int(output_dim) < 1:
         raise UserInputError(f"output_dim must be at least 1, got {output_dim}")
     return shape
-
-
-def _import_file(path_text: str) -> ModuleType:
-    """Import a Python file as a fresh module (its folder is on ``sys.path`` while it runs)."""
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise UserInputError(
-            f"model file '{path_text}' not found (looked at {path}); check the path in the spec"
-        )
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    module_name = f"lossatlas_user_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UserInputError(f"cannot import '{path_text}' as Python; give a .py file in the spec")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look classes up here
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise UserInputError(f"importing model file '{path_text}' failed: {_one_line(exc)}") from exc
-    finally:
-        if str(path.parent) in sys.path:
-            sys.path.remove(str(path.parent))
-    return module
-
-
-def _import_module(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UserInputError(
-                f"cannot import module '{name}' ({_one_line(exc)}); check the name or add its folder to "
-                "PYTHONPATH"
-            ) from exc
-        raise UserInputError(f"importing module '{name}' failed: {_one_line(exc)}") from exc
-    except Exception as exc:
-        raise UserInputError(f"importing module '{name}' failed: {_one_line(exc)}") from exc
-
-
-def _find_function(module: ModuleType, attribute: str, where: str) -> Callable[..., object]:
-    target: object = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:12]
-            defined = ", ".join(public) or "(nothing callable)"
-            raise UserInputError(f"'{where}' has no function '{attribute}'; it defines: {defined}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise UserInputError(f"'{where}:{attribute}' is a {type(target).__name__}, not a function")
-    return target  # type: ignore[return-value]
 
 
 def _call_user_function(
@@ -145,9 +80,7 @@ def _build_unseeded(spec: str, input_shape: tuple[int, ...], output_dim: int) ->
     if not target or not attribute.strip():
         raise UserInputError(f"model spec '{spec}' needs a module or file and a function; use {_SPEC_FORMS}")
     attribute = attribute.strip()
-    is_file = target.endswith(".py") or "/" in target or "\\" in target or Path(target).is_file()
-    module = _import_file(target) if is_file else _import_module(target)
-    function = _find_function(module, attribute, target)
+    function = load_callable(target, attribute, "model")
     return _call_user_function(function, f"{target}:{attribute}", input_shape, output_dim)
 
 
