@@ -26,8 +26,8 @@ from common import machine_info, machine_line, markdown_table, timed, write_resu
 
 from lossatlas.data import load_data
 from lossatlas.execute import InProcessExecutor, make_executor
+from lossatlas.landscape import surface
 from lossatlas.models import build_model
-from lossatlas.surface import surface
 
 IN_2, DASK, DASK_START, IN_1, DASK_1 = (
     "in-process, 1 process × 2 threads", "dask, 2 workers × 1 thread", "dask, 2 workers, incl. cluster start",

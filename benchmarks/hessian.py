@@ -2,7 +2,7 @@
 hessian-eigenthings, with scipy's ``eigsh`` over lossatlas' HVP as the reference, in one process.
 
 Problem: ``zoo:mlp:widths=256-256`` (40-256-256-10, 78,858 parameters) on ``mnist1d`` (all 4000 training
-samples), trained briefly with :func:`lossatlas.train.train` (SGD) so the point is a trained network.
+samples), trained briefly with :func:`lossatlas.training.train` (SGD) so the point is a trained network.
 Every tool sees the same float32 model and the same four batches of 1000 samples (equal batches, so
 hessian-eigenthings' mean of batch means is the full-split mean here).
 
@@ -39,11 +39,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lossatlas.curvature.density import spectral_density
 from lossatlas.curvature.hvp import HessianOperator
-from lossatlas.curvature.lanczos import Which, lanczos
+from lossatlas.curvature.krylov import Which, lanczos
 from lossatlas.data import load_data
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.models import build_model
-from lossatlas.train import TrainSpec, train
+from lossatlas.training import TrainSpec, train
 
 try:
     from pyhessian import hessian as PyHessian  # noqa: N812 - the peer's class name

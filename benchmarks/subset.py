@@ -24,11 +24,11 @@ import xarray as xr
 from common import machine_info, machine_line, markdown_table, set_threads, timed, write_results
 
 from lossatlas.data import load_data
-from lossatlas.evaluate import EvalSpec
+from lossatlas.engine import EvalSpec
+from lossatlas.engine.subset import confidence_interval
+from lossatlas.landscape import surface
 from lossatlas.models import build_model
-from lossatlas.subset import confidence_interval
-from lossatlas.surface import surface
-from lossatlas.train import TrainSpec, train
+from lossatlas.training import TrainSpec, train
 
 SUBSETS: list[float | None] = [None, 1.0, 0.25, 0.1, 0.05]
 

@@ -1,6 +1,6 @@
 """21×21 loss surfaces: lossatlas against loss-landscapes' ``random_plane``, in one process.
 
-Two problems from the core issue, each trained briefly with :func:`lossatlas.train.train` so that biases
+Two problems from the core issue, each trained briefly with :func:`lossatlas.training.train` so that biases
 and BatchNorm statistics are not at their initial values (loss-landscapes' filter normalisation divides
 by zero on an all-zero bias):
 
@@ -44,10 +44,10 @@ from common import cpu_pressure, machine_info, machine_line, markdown_table, set
 from torch import nn
 
 from lossatlas.data import Dataset, load_data
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.landscape import surface
 from lossatlas.models import build_model
-from lossatlas.surface import surface
-from lossatlas.train import TrainSpec, train
+from lossatlas.training import TrainSpec, train
 
 try:
     import loss_landscapes

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lossatlas.report import build_report
+from lossatlas.viz.report import build_report
 from tests.test_report import XSS_DATA, XSS_MODEL, make_run_dir
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -118,8 +118,8 @@ def test_help_lists_commands() -> None:
 
 def test_library_never_touches_global_rng(toy_npz, tmp_path) -> None:
     from lossatlas.data import load_data
+    from lossatlas.landscape import surface
     from lossatlas.models import build_model
-    from lossatlas.surface import surface
 
     state = torch.get_rng_state()
     data = load_data(str(toy_npz))

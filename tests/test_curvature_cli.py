@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lossatlas.cli import app
 from lossatlas.curvature.analysis import open_hessian
 from lossatlas.data import load_data
-from lossatlas.evaluate import Evaluator
+from lossatlas.engine import Evaluator
 from lossatlas.models import build_model
 from lossatlas.params import save_checkpoint
 from lossatlas.store import load_directions, open_surface
@@ -131,7 +131,7 @@ def test_plot_command_draws_a_hessian_store(toy, tmp_path) -> None:
 
 
 def test_report_renders_hessian_store_and_json(toy, tmp_path) -> None:
-    from lossatlas.report import build_report
+    from lossatlas.viz.report import build_report
 
     run = tmp_path / "run"
     for name in ("hessian.zarr", "hessian.json"):

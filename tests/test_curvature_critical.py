@@ -9,7 +9,7 @@ from torch import nn
 from lossatlas.curvature.critical import CriticalKind, Tolerances, classify, critical_point
 from lossatlas.curvature.hvp import FunctionHessian, HessianOperator
 from lossatlas.data import Dataset
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
 
 
 def w(t: dict) -> torch.Tensor:

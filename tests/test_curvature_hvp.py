@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lossatlas.curvature.hvp import FunctionHessian, HessianOperator, gradient_sum, hvp_sum, select_parameters
-from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.errors import NonFiniteError, UserInputError
 from lossatlas.params import flatten
 from lossatlas.testing.reference import dense_gradient, dense_hessian, tiny_bn_problem
 from tests.conftest import make_classification, mlp
@@ -97,15 +97,17 @@ def test_bad_parameter_regex_is_a_one_line_error(problem, pattern, fragment) -> 
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_nan_loss_is_a_one_line_error() -> None:
+def test_nan_loss_is_a_one_line_non_finite_error() -> None:
+    """Non-finite values raise NonFiniteError (one line), not UserInputError: code that may skip a diverged
+    point (convexity maps) catches exactly that and never swallows a real input error."""
     net = mlp()
     with torch.no_grad():
         net[0].weight[0, 0] = float("nan")
     op = HessianOperator.from_model(net, make_classification())
-    with pytest.raises(UserInputError, match="finite loss") as info:
+    with pytest.raises(NonFiniteError, match="finite loss") as info:
         op.check_finite()
-    assert "\n" not in str(info.value)
-    with pytest.raises(UserInputError, match="not finite"):
+    assert "\n" not in str(info.value) and not isinstance(info.value, UserInputError)
+    with pytest.raises(NonFiniteError, match="not finite"):
         op.matvec(torch.ones(op.n))
 
 
@@ -116,13 +118,14 @@ def test_bad_dtype_and_split_are_one_line_errors(problem) -> None:
         HessianOperator(problem["ev"], split="test")
 
 
-def test_bn_states_policy_differentiates_running_statistics_too() -> None:
-    """Under bn=states θ carries BN statistics; restricted to weights the Hessian is the eval-mode one."""
+def test_bn_states_policy_holds_statistics_fixed() -> None:
+    """Under bn=states θ carries BN statistics, but the Hessian is over parameters only (statistics held fixed):
+    it equals the eval-mode Hessian, and a product is finite (torch cannot differentiate running_var)."""
     net, data = tiny_bn_problem(n=21)
     ev = Evaluator(net, data, EvalSpec(batch_size=8, bn="states", splits=("train",)))
-    op_all = HessianOperator(ev)
-    assert any(name.endswith("running_var") for name in op_all.names)
-    op = HessianOperator(ev, params=r"weight|bias")
+    assert any(name.endswith("running_var") for name in ev.theta())
+    op = HessianOperator(ev)
+    assert not any(name.endswith(("running_var", "running_mean")) for name in op.names)
     ref = dense_hessian(net, ev.loss_fn, data.x_train, data.y_train, names=op.names)
     v = torch.randn(op.n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), ref @ v, rtol=1e-10, atol=1e-12)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lossatlas.curvature.hvp import HessianOperator
-from lossatlas.curvature.lanczos import Which, lanczos
+from lossatlas.curvature.krylov import Which, lanczos
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
 from lossatlas.params import flatten
 from lossatlas.testing.reference import dense_hessian, spectrum, tiny_bn_problem
 

@@ -9,12 +9,12 @@ import xarray as xr
 
 from lossatlas.curvature.maps import CONVEXITY_METRICS, ConvexitySpec, convexity_ratio
 from lossatlas.data import Dataset
+from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec
-from lossatlas.plot import plot_store
+from lossatlas.landscape import surface
 from lossatlas.store import COMPLETED, load_directions
-from lossatlas.surface import surface
 from lossatlas.testing.reference import QuadraticBowl
+from lossatlas.viz.plot import plot_store
 
 LOSS = EvalSpec(loss="lossatlas.testing.reference:output_loss", batch_size=4)
 EIGENVALUES = torch.tensor([3.0, -1.0, 0.5, 0.25], dtype=torch.float64)

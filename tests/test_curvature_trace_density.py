@@ -11,8 +11,8 @@ import torch
 from lossatlas.curvature.density import lanczos_quadrature, spectral_density
 from lossatlas.curvature.hvp import HessianOperator
 from lossatlas.curvature.trace import TraceMethod, estimate_trace, hutchinson_trace, hutchpp_trace
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
 from lossatlas.testing.reference import dense_hessian, spectrum, tiny_bn_problem
 
 

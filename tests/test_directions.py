@@ -15,8 +15,8 @@ from lossatlas.directions import (
     normalize_direction,
     random_directions,
 )
+from lossatlas.engine import Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import Evaluator
 from lossatlas.params import add_scaled, parameters_of
 from tests.conftest import bn_cnn, make_classification, mlp
 
@@ -122,7 +122,7 @@ def test_filter_normalised_curves_are_invariant_to_relu_rescaling() -> None:
 
 
 def test_bn_states_directions_cover_running_stats() -> None:
-    from lossatlas.evaluate import BNPolicy, EvalSpec
+    from lossatlas.engine import BNPolicy, EvalSpec
 
     net = bn_cnn()
     ev = Evaluator(net, make_classification(image=True), EvalSpec(bn=BNPolicy.states))

@@ -12,8 +12,8 @@ from torch import nn
 
 from lossatlas.data import Dataset
 from lossatlas.directions import DirectionSpec, Ignore, random_directions
+from lossatlas.engine import BNPolicy, EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator
 from lossatlas.params import add_scaled
 from tests.conftest import bn_cnn, make_classification, mlp
 
@@ -55,13 +55,27 @@ def test_batched_equals_naive_per_point(model: str, bn: BNPolicy) -> None:
         np.testing.assert_allclose(float(batched["train_loss"][p]), one["train_loss"], rtol=1e-5)
 
 
-def test_points_per_pass_does_not_change_values() -> None:
+def test_points_per_pass_does_not_change_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One point per pass (plain forward passes) vs all points in one vmapped pass: the same numbers."""
     data = make_classification()
-    small = Evaluator(mlp(), data, EvalSpec(memory_bytes=1 << 20, batch_size=50))
+    small = Evaluator(mlp(), data, EvalSpec(batch_size=50))
     big = Evaluator(mlp(), data, EvalSpec(batch_size=50))
+    monkeypatch.setattr(small, "points_per_pass", lambda *a: 1)
+    monkeypatch.setattr(big, "_one_point_per_pass", lambda points=0: False)
+    assert big.points_per_pass() >= len(COORDS)
+    passes = {"small": 0, "big": 0}
+    for name, ev in (("small", small), ("big", big)):
+        real = ev.evaluate_stacked
+
+        def counted(stacked, real=real, name=name):  # type: ignore[no-untyped-def]
+            passes[name] += 1
+            return real(stacked)
+
+        monkeypatch.setattr(ev, "evaluate_stacked", counted)
     theta = small.theta()
     dirs = random_directions(theta, DirectionSpec(seed=0), 2)
     a, b = small.evaluate_coords(theta, dirs, COORDS), big.evaluate_coords(theta, dirs, COORDS)
+    assert passes == {"small": len(COORDS), "big": 1}
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-9)
 
@@ -74,7 +88,8 @@ def test_recompute_bn_matches_manual_reestimation() -> None:
     d = random_directions(theta, DirectionSpec(seed=5), 1)
     point = add_scaled(theta, d, [0.6])
     got = ev.evaluate_coords(theta, d, torch.tensor([[0.6]], dtype=torch.float64))
-    # reference: reset the statistics, cumulative average over the three training batches in train mode
+    # reference: what BatchNorm computes from ONE batch of the whole training split (train mode, a cumulative
+    # average over that single batch = its mean and unbiased variance), layer after layer
     ref = _moved(net, point)
     for m in ref.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -82,14 +97,30 @@ def test_recompute_bn_matches_manual_reestimation() -> None:
             m.momentum = None
     ref.train()
     with torch.no_grad():
-        for i in range(3):
-            ref(data.x_train[30 * i:30 * (i + 1)])
+        ref(data.x_train)
     ref.eval()
     loss, _ = _naive(ref, data.x_train, data.y_train)
     np.testing.assert_allclose(float(got["train_loss"][0]), loss, rtol=1e-5)
     # and it differs from keeping the old statistics (the policy matters)
     stale, _ = _naive(_moved(net, point), data.x_train, data.y_train)
     assert abs(stale - loss) > 1e-4
+
+
+def test_recompute_bn_does_not_depend_on_the_batch_size() -> None:
+    """Whole-split statistics (Σx, Σx² per channel in float64, layer by layer): batch 7 and batch 1000 give the
+    same surface. Averaging per-batch statistics (momentum=None over batches) would not: an uneven last batch
+    counts too much and the variance becomes a mean of within-batch variances."""
+    data = make_classification(image=True, n=90)
+    net = bn_cnn()
+    coords = torch.tensor([[0.0], [0.4], [-0.9]], dtype=torch.float64)
+    values = []
+    for batch_size in (7, 1000):
+        ev = Evaluator(net, data, EvalSpec(batch_size=batch_size, bn=BNPolicy.recompute))
+        theta = ev.theta()
+        d = random_directions(theta, DirectionSpec(seed=5), 1)
+        values.append(ev.evaluate_coords(theta, d, coords))
+    for k in values[0]:
+        torch.testing.assert_close(values[0][k], values[1][k], rtol=1e-5, atol=1e-7)
 
 
 def test_user_model_is_unchanged() -> None:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from lossatlas.directions import DirectionSpec, Ignore, random_directions
-from lossatlas.evaluate import _CPU_PASS_FLOATS, EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.engine.passes import CPU_PASS_FLOATS as _CPU_PASS_FLOATS
 from lossatlas.params import add_scaled
 from tests.conftest import bn_cnn, make_classification, mlp
 

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from lossatlas.cli import app
 from lossatlas.directions import DirectionSpec
+from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec
 from lossatlas.execute import (
     DaskExecutor,
     InProcessExecutor,
@@ -31,9 +31,10 @@ from lossatlas.execute import (
     region_key,
     worker_device,
 )
+from lossatlas.grid import grid_units
+from lossatlas.landscape import interpolate, surface
 from lossatlas.models import build_model
 from lossatlas.store import COMPLETED
-from lossatlas.surface import grid_units, interpolate, surface
 from tests.conftest import make_classification, mlp
 
 GRID = dict(x="-1:1:16", y="-1:1:8", directions=DirectionSpec(seed=1))
@@ -244,7 +245,7 @@ def test_sharded_hvp_equals_in_process_and_dense_hessian(cluster) -> None:
 
     from lossatlas.curvature.hvp import HessianOperator
     from lossatlas.curvature.sharded import ShardedHessianOperator, hessian_operator, shard_bounds
-    from lossatlas.evaluate import Evaluator
+    from lossatlas.engine import Evaluator
     from lossatlas.params import flatten, unflatten
 
     client, seen = cluster
@@ -284,3 +285,18 @@ def test_sharded_hvp_equals_in_process_and_dense_hessian(cluster) -> None:
     sharded.close()
     client.wait_for_workers(2)
     seen.update(client.run(os.getpid).values())
+
+
+def test_worker_with_two_threads_equals_in_process_bn_recompute(tmp_path) -> None:
+    """Two threads of one worker evaluate chunks at the same time on the one scattered evaluator: each must get
+    its own model copy (functional_call swaps tensors into the module; BN re-estimation hooks into it)."""
+    from tests.conftest import bn_cnn
+
+    data = make_classification(n=300, n_test=60, image=True, seed=4)
+    net = bn_cnn(seed=2)
+    kwargs = dict(x="-1:1:9", y="-1:1:9", directions=DirectionSpec(seed=3),
+                  eval_spec=EvalSpec(bn="recompute", batch_size=64))
+    ref = surface(net, data, out=tmp_path / "ref.zarr", **kwargs)
+    with make_executor(workers=1, threads_per_worker=2, torch_threads=1) as executor:
+        got = surface(net, data, out=tmp_path / "dask.zarr", executor=executor, **kwargs)
+    _assert_same(ref, got)

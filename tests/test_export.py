@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 
 from lossatlas.errors import UserInputError
-from lossatlas.export import ExportFormat, export_store, height_field, parse_format
 from lossatlas.store import COMPLETED
+from lossatlas.viz.export import ExportFormat, export_store, height_field, parse_format
 from tests.test_report import bowl, synthetic_store
 
 MESHES = [ExportFormat.vtu, ExportFormat.obj, ExportFormat.stl, ExportFormat.ply]

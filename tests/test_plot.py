@@ -14,10 +14,10 @@ import xarray as xr
 from matplotlib.collections import QuadMesh
 from matplotlib.contour import ContourSet
 
-from lossatlas.compare import compare_figure, compare_stores
 from lossatlas.errors import UserInputError
-from lossatlas.plot import Levels, PlotKind, figure_1d, figure_2d, masked, parse_kinds, plot_store, shared_scale
 from lossatlas.store import COMPLETED
+from lossatlas.viz.compare import compare_figure, compare_stores
+from lossatlas.viz.plot import Levels, PlotKind, figure_1d, figure_2d, masked, parse_kinds, plot_store, shared_scale
 from tests.test_cli import run_cli
 from tests.test_report import bowl, synthetic_store
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lossatlas.report import Section, build_report, register
-from lossatlas.report import registry as reg
-from lossatlas.report.builder import collect_sections, scan_run_dir
+from lossatlas.landscape import interpolate, surface
 from lossatlas.store import COMPLETED
-from lossatlas.surface import interpolate, surface
-from lossatlas.train import TrainSpec, train
+from lossatlas.training import TrainSpec, train
+from lossatlas.viz.report import Section, build_report, register
+from lossatlas.viz.report import registry as reg
+from lossatlas.viz.report.builder import collect_sections, scan_run_dir
 from tests.conftest import make_classification, mlp
 
 XSS_MODEL = "<script>window.__xss = 1; alert(1)</script>"
@@ -226,7 +226,7 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path: Path) -> None:
 
 
 def test_loss_contours_switch_to_log10_for_wide_ranges(tmp_path: Path) -> None:
-    from lossatlas.report.figures import LOG_RATIO, map_2d
+    from lossatlas.viz.report.figures import LOG_RATIO, map_2d
 
     ds = synthetic_store(tmp_path / "s.zarr", bad=False, extra=False)
     narrow = map_2d(ds, "train_loss")
@@ -246,12 +246,12 @@ def test_a_new_file_in_sections_adds_a_section(tmp_path: Path, monkeypatch: pyte
     """The one registration point: dropping a module into ``report/sections`` is all a feature needs."""
     import sys
 
-    from lossatlas.report import sections
+    from lossatlas.viz.report import sections
 
     pkg = tmp_path / "more_sections"
     pkg.mkdir()
     (pkg / "zz_newkind.py").write_text(
-        "from lossatlas.report.registry import Section, register\n\n"
+        "from lossatlas.viz.report.registry import Section, register\n\n"
         "@register('newkind', order=5)\n"
         "def build(store, ds):\n"
         "    return Section(title='new kind: ' + store.name, provenance={'extra': 'x<y'})\n")

@@ -51,3 +51,33 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ) -> None:
     for var in ("train_loss", "train_accuracy"):
         np.testing.assert_array_equal(b[var].values, a[var].values)
     assert bool(b[COMPLETED].all())
+
+
+def test_ctrl_c_with_workers_stops_cleanly_and_resumes(tmp_path) -> None:
+    """SIGINT (Ctrl-C) during a ``--workers 2`` surface: one clear line, exit 130, no traceback; the rerun
+    completes with the numbers of an uninterrupted in-process run."""
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=rng.normal(size=(40, 5)).astype(np.float32), y=rng.integers(0, 3, 40))
+    args = ["surface", "--model", f"{HERE / 'slow_model.py'}:build", "--data", str(npz), "--x", "-1:1:16",
+            "--y", "-1:1:4", "--batch-size", "20", "--seed", "2"]
+    cmd = [sys.executable, "-m", "lossatlas", *args]
+    full = subprocess.run([*cmd, "--out", str(tmp_path / "full.zarr")], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "cut.zarr"
+    proc = subprocess.Popen([*cmd, "--workers", "2", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while _completed(out) < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "RuntimeError" not in err, err
+    assert "interrupted:" in err and "run the same command again to resume" in err
+    assert 0 < _completed(out) < 64
+    resumed = subprocess.run([*cmd, "--workers", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = open_surface(tmp_path / "full.zarr"), open_surface(out)
+    np.testing.assert_array_equal(b["train_loss"].values, a["train_loss"].values)

@@ -9,20 +9,20 @@ import torch.nn.functional as F
 
 from lossatlas.data import load_data
 from lossatlas.directions import DirectionSpec, random_directions
-from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
-from lossatlas.models import build_model
-from lossatlas.params import add_scaled, functional_forward
-from lossatlas.store import open_surface
-from lossatlas.subset import (
+from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.engine.subset import (
     confidence_interval,
     parse_subset,
     proportional_allocation,
     subset_indices,
     subset_size,
 )
-from lossatlas.surface import surface
-from lossatlas.train import TrainSpec, train
+from lossatlas.errors import UserInputError
+from lossatlas.landscape import surface
+from lossatlas.models import build_model
+from lossatlas.params import add_scaled, functional_forward
+from lossatlas.store import open_surface
+from lossatlas.training import TrainSpec, train
 from tests.conftest import make_classification, mlp
 
 Z95 = 1.959963984540054

@@ -9,11 +9,12 @@ import xarray as xr
 from torch import nn
 
 from lossatlas.directions import DirectionSpec
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.grid import Axis
+from lossatlas.landscape import interpolate, surface
 from lossatlas.params import add_scaled
 from lossatlas.store import COMPLETED, load_directions, open_surface, prepare_store
-from lossatlas.surface import Axis, interpolate, surface
 from tests.conftest import bn_cnn, make_classification, mlp
 
 REQUIRED_ATTRS = ["lossatlas_version", "seed", "norm", "ignore", "bn", "model", "checkpoint_sha256", "data",

@@ -9,7 +9,7 @@ import torch
 
 from lossatlas.errors import UserInputError
 from lossatlas.params import read_state_dict
-from lossatlas.train import TrainSpec, checkpoint_path, list_checkpoints, train
+from lossatlas.training import TrainSpec, checkpoint_path, list_checkpoints, train
 from tests.conftest import bn_cnn, make_classification, mlp
 
 
@@ -68,3 +68,26 @@ def test_train_spec_validation_and_config_guard(tmp_path) -> None:
     train(mlp(), data, TrainSpec(epochs=1), tmp_path / "r")
     with pytest.raises(UserInputError, match="different configuration"):
         train(mlp(), data, TrainSpec(epochs=1, lr=0.2), tmp_path / "r")
+
+
+def test_kill_between_metrics_row_and_state_file_does_not_duplicate_rows(tmp_path, monkeypatch) -> None:
+    """A crash after epoch 2's metrics row is appended but before state.pt is replaced: the resumed run repeats
+    epoch 2 and must not log it twice; the log equals an uninterrupted run's."""
+    data = make_classification(n=60)
+    spec = TrainSpec(epochs=3, batch_size=16, lr=0.05, seed=1)
+    train(mlp(), data, spec, tmp_path / "full")
+    real_save = torch.save
+
+    def crash_at_epoch_two(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            raise KeyboardInterrupt
+        real_save(obj, f, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "save", crash_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(mlp(), data, spec, tmp_path / "cut")
+    monkeypatch.setattr(torch, "save", real_save)
+    train(mlp(), data, spec, tmp_path / "cut")
+    full, cut = ((tmp_path / d / "metrics.csv").read_text() for d in ("full", "cut"))
+    assert [line.split(",")[0] for line in cut.splitlines()[1:]] == ["0", "1", "2", "3"]
+    assert cut == full

@@ -21,16 +21,14 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 import json
 import math
 import os
 import random
-import re
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from lossatlas.errors import UserInputError
-from lossatlas.userfunc import load_callable
+from lossatlas.specs import Spec, call_with_accepted, load_user_function, parse_spec
 
 __all__ = ["Dataset", "load_data", "dataset_names"]
 
@@ -336,22 +334,18 @@ def dataset_names() -> list[str]:
     return sorted(_BUILTINS)
 
 
-def _parse_options(name: str, text: str, keys: dict[str, tuple[int | float, int | float]]) -> dict[str, Any]:
-    """Parse ``key=value,...`` against the built-in's keys; returns only the keys given, typed."""
+def _typed_options(name: str, pairs: Sequence[tuple[str, str]],
+                   keys: dict[str, tuple[int | float, int | float]]) -> dict[str, Any]:
+    """Built-in options typed by their defaults and checked against their minimums (one-line errors)."""
     given: dict[str, Any] = {}
     valid = ", ".join(keys) or "none"
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, raw = (s.strip() for s in item.partition("="))
-        if not sep or not key:
-            raise _fail(f"{name}: expected key=value, got {item!r}; valid keys: {valid}")
+    for key, raw in pairs:
         if key not in keys:
             raise _fail(f"{name}: unknown key {key!r}; valid keys: {valid}")
-        if key in given:
-            raise _fail(f"{name}: key {key!r} is given twice")
         default, minimum = keys[key]
         kind = "an integer" if isinstance(default, int) else "a number"
         try:
-            value: int | float = int(raw) if isinstance(default, int) else float(raw)
+            value = int(raw) if isinstance(default, int) else float(raw)
         except ValueError:
             raise _fail(f"{name}: {key} must be {kind}, got {raw!r}") from None
         if not math.isfinite(value) or value < minimum:
@@ -360,9 +354,9 @@ def _parse_options(name: str, text: str, keys: dict[str, tuple[int | float, int 
     return given
 
 
-def _load_builtin(name: str, text: str, seed: int) -> Dataset:
+def _load_builtin(name: str, pairs: Sequence[tuple[str, str]], seed: int) -> Dataset:
     builtin = _BUILTINS[name]
-    given = _parse_options(name, text, builtin.keys)
+    given = _typed_options(name, pairs, builtin.keys)
     params = {key: default for key, (default, _) in builtin.keys.items()} | given
     canonical = ",".join(f"{key}={given[key]}" for key in builtin.keys if key in given)
     spec = f"{name}:{canonical}" if canonical else name
@@ -399,38 +393,31 @@ def _load_npz(spec: str) -> Dataset:
     return _from_arrays(spec, *arrays)
 
 
-def _load_function(spec: str, target: str, function: str, seed: int) -> Dataset:
-    """Call the user's function (with ``seed=`` if it takes it) and convert what it returns."""
-    fn = load_callable(target, function, "data")
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # no introspectable signature: call without arguments
-        params = []
-    takes_seed = any(
-        p.name == "seed" and p.kind is not p.POSITIONAL_ONLY or p.kind is p.VAR_KEYWORD for p in params
-    )
+def _load_function(spec: Spec, seed: int) -> Dataset:
+    """Call the user's function (with ``seed=`` if it takes it, and the spec's options) and convert the result."""
+    fn = load_user_function(spec, "data", reserved=("seed",))
+    function = spec.name
+    spec_text = spec.text
+    takes_seed = bool(call_with_accepted(fn, {"seed": seed}))
     result = fn(seed=seed) if takes_seed else fn()
     if isinstance(result, Dataset):
         return result
     if isinstance(result, dict):
         if "x" not in result or "y" not in result or set(result) - set(_ARRAYS):
-            raise _fail(f"{spec}: a returned dict needs keys x, y [, x_test, y_test]; got {sorted(result)}")
-        return _from_arrays(spec, *(result.get(k) for k in _ARRAYS))
+            raise _fail(f"{spec_text}: a returned dict needs keys x, y [, x_test, y_test]; got {sorted(result)}")
+        return _from_arrays(spec_text, *(result.get(k) for k in _ARRAYS))
     if isinstance(result, tuple) and len(result) in (2, 4):
-        return _from_arrays(spec, *result)
+        return _from_arrays(spec_text, *result)
     if isinstance(result, torch.utils.data.Dataset) and not isinstance(result, IterableDataset):
         items = [result[i] for i in range(len(result))]  # type: ignore[arg-type]  # map-style: materialise
         if items and all(isinstance(item, tuple | list) and len(item) == 2 for item in items):
             return _from_arrays(
-                spec, *(torch.stack([torch.as_tensor(item[i]) for item in items]) for i in (0, 1))
+                spec_text, *(torch.stack([torch.as_tensor(item[i]) for item in items]) for i in (0, 1))
             )
     raise _fail(
-        f"{spec}: {function}() returned {type(result).__name__}; return a lossatlas Dataset, a dict "
+        f"{spec_text}: {function}() returned {type(result).__name__}; return a lossatlas Dataset, a dict "
         "{x, y[, x_test, y_test]}, a tuple (x, y[, x_test, y_test]) or a map-style torch Dataset of (x, y)"
     )
-
-
-_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def load_data(spec: str, *, seed: int = 0) -> Dataset:
@@ -444,18 +431,9 @@ def load_data(spec: str, *, seed: int = 0) -> Dataset:
         raise _fail(f"dataset spec must be a non-empty string, got {spec!r}; try one of {dataset_names()}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise _fail(f"seed must be a non-negative integer, got {seed!r}")
-    spec, seed = spec.strip(), int(seed)
-    if spec.endswith(".npz"):
-        return _load_npz(spec)
-    name, _, options = spec.partition(":")
-    if name in _BUILTINS:
-        return _load_builtin(name, options, seed)
-    target, sep, function = spec.rpartition(":")
-    if sep and function.isidentifier() and (target.endswith(".py") or _MODULE.match(target)):
-        return _load_function(spec, target, function, seed)
-    if spec.endswith(".py"):
-        raise _fail(f"{spec}: name the function to call, as '{spec}:make_data'")
-    raise _fail(
-        f"unknown dataset {spec!r}; use one of {', '.join(dataset_names())}, a path/file.npz, "
-        "path/file.py:function or package.module:function"
-    )
+    parsed = parse_spec(spec, "data", builtins=_BUILTINS)
+    if parsed.kind == "npz":
+        return _load_npz(parsed.target)
+    if parsed.builtin:
+        return _load_builtin(parsed.name, parsed.options, int(seed))
+    return _load_function(parsed, int(seed))

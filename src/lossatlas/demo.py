@@ -16,13 +16,13 @@ import numpy as np
 
 from lossatlas.data import load_data
 from lossatlas.directions import DirectionSpec
-from lossatlas.evaluate import EvalSpec
+from lossatlas.engine import EvalSpec
+from lossatlas.landscape import interpolate, surface
 from lossatlas.models import build_model
 from lossatlas.params import file_sha256, load_checkpoint
-from lossatlas.plot import plot_store
-from lossatlas.report import build_report
-from lossatlas.surface import interpolate, surface
-from lossatlas.train import TrainSpec, checkpoint_path, train
+from lossatlas.training import TrainSpec, checkpoint_path, train
+from lossatlas.viz.plot import plot_store
+from lossatlas.viz.report import build_report
 
 MODEL = "zoo:mlp:widths=100-100"
 DATA = "mnist1d"

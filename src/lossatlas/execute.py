@@ -235,10 +235,15 @@ class DaskExecutor:
                     continue
                 written.add(key)
                 yield unit, result
-        finally:
-            for future in pending.futures:
-                future.cancel()
-            client.cancel([shipped], force=True)
+        finally:  # also on Ctrl-C: completions keep arriving on another thread, so copy under its lock
+            with pending.lock:
+                leftover = list(pending.futures)
+            try:
+                if leftover:
+                    client.cancel(leftover, force=True)
+                client.cancel([shipped], force=True)
+            except Exception:  # noqa: BLE001 - a cluster shutting down may refuse; nothing is left to save
+                log.debug("cancelling leftover chunks failed", exc_info=True)
 
     def close(self) -> None:
         """Close the client, and the cluster if this executor started it."""
@@ -262,7 +267,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 def parse_memory(text: str | int) -> int:
     """``"2GB"`` → 2·10⁹ bytes, ``"512MiB"`` → 2²⁹, ``"1e9"``/``1000000`` → bytes; one-line error otherwise.
 
-    The budget for one vmapped forward pass (:attr:`lossatlas.evaluate.EvalSpec.memory_bytes`): it decides
+    The budget for one vmapped forward pass (:attr:`lossatlas.engine.EvalSpec.memory_bytes`): it decides
     how many grid points share a pass over each batch.
     """
     if isinstance(text, int) and not isinstance(text, bool):
@@ -336,7 +341,7 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
                                dashboard_address=None, silence_logs=logging.ERROR)
     try:
         client = Client(cluster, set_as_default=False)
-        client.run(importlib.import_module, "lossatlas.surface")  # torch & co. load while the cluster starts
+        client.run(importlib.import_module, "lossatlas.landscape")  # torch & co. load while the cluster starts
         return DaskExecutor(client, cluster, retries=retries, torch_threads=threads)
     except BaseException:
         cluster.close()

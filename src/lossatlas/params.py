@@ -90,8 +90,11 @@ def flatten(theta: Mapping[str, Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in theta.values()])
 
 
-def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
-    """Inverse of :func:`flatten`: split ``vector`` into tensors shaped like ``like``."""
+def unflatten(vector: Tensor, like: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> ParamDict:
+    """Inverse of :func:`flatten`: split ``vector`` (n,) into tensors shaped like ``like`` (views where possible).
+
+    ``dtype``: of the result; default each entry of ``like``'s dtype (pass ``vector.dtype`` to keep it).
+    """
     total = sum(t.numel() for t in like.values())
     if total != vector.numel():
         raise ValueError(f"vector has {vector.numel()} entries, the parameter dict {total}")
@@ -99,7 +102,7 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
     offset = 0
     for k, t in like.items():
         n = t.numel()
-        out[k] = vector[offset:offset + n].reshape(t.shape).to(t.dtype)
+        out[k] = vector[offset:offset + n].reshape(t.shape).to(dtype or t.dtype)
         offset += n
     return out
 

@@ -15,20 +15,28 @@ after, so a run killed at any moment resumes from what is on disk.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import platform
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import xarray as xr
 import zarr
 
+from lossatlas import __version__
 from lossatlas.errors import UserInputError
+from lossatlas.params import tensors_sha256
+from lossatlas.specs import canonical_spec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 COMPLETED = "completed"
 _DIRECTIONS = "directions"
@@ -169,3 +177,40 @@ def open_surface(path: str | Path) -> xr.Dataset:
             return ds.load()
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"'{path}' is not a readable lossatlas store ({type(exc).__name__})") from None
+
+
+def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping[str, Any],
+                provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Root attrs of a result: what made it (versions, model, data and checkpoint hashes, evaluation settings,
+    ``extra``) and ``config_hash`` over everything that decides the numbers (not the versions or the date).
+
+    ``provenance`` holds strings the caller knows better (the ``model`` / ``data`` specs, ``checkpoint_sha256``
+    of the file); ``spec`` is the :class:`lossatlas.engine.EvalSpec` (or anything with ``loss``, ``batch_size``,
+    ``bn``, ``subset`` and ``subset_seed``).
+    """
+    prov = dict(provenance or {})
+    attrs: dict[str, Any] = {
+        "kind": kind,
+        "lossatlas_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "model": prov.pop("model", type(model).__name__),
+        "data": prov.pop("data", getattr(data, "name", "?")),
+        "data_sha256": data.fingerprint(),
+        "checkpoint_sha256": prov.pop("checkpoint_sha256", None) or tensors_sha256(model.state_dict()),
+        "loss": spec.loss,
+        "batch_size": spec.batch_size,
+        "bn": spec.bn.value,
+        **({"subset": spec.subset, "subset_seed": spec.subset_seed} if spec.subset is not None else {}),
+        **extra,
+        **prov,
+    }
+    # what decides the numbers: contents (hashes), settings and specs, not versions, dates or how a path was typed
+    ignore_for_hash = {"created", "python_version", "torch_version", "lossatlas_version", "checkpoint",
+                       "checkpoint2"}
+    hashed = {k: (canonical_spec(v) if k in ("model", "data") else v) for k, v in attrs.items()
+              if k not in ignore_for_hash}
+    attrs["config_hash"] = config_hash(hashed)
+    attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return attrs
+

@@ -19,7 +19,7 @@ from lossatlas.curvature.analysis import HessianSpec, hessian_analysis, open_hes
 from lossatlas.curvature.critical import CriticalKind, CriticalPoint, Tolerances, classify, critical_point
 from lossatlas.curvature.density import SpectralDensity, spectral_density
 from lossatlas.curvature.hvp import FunctionHessian, HessianOperator, gradient_sum, hvp_sum, select_parameters
-from lossatlas.curvature.lanczos import LanczosResult, Which, lanczos
+from lossatlas.curvature.krylov import LanczosResult, Which, lanczos
 from lossatlas.curvature.trace import TraceEstimate, TraceMethod, estimate_trace, hutchinson_trace, hutchpp_trace
 
 

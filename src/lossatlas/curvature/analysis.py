@@ -28,10 +28,10 @@ from torch import nn
 from lossatlas.curvature.critical import Tolerances, critical_point
 from lossatlas.curvature.density import spectral_density
 from lossatlas.curvature.hvp import HessianOperator, as_dtype
-from lossatlas.curvature.lanczos import LanczosResult, Which
+from lossatlas.curvature.krylov import LanczosResult, Which
 from lossatlas.curvature.trace import TraceMethod, estimate_trace
-from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.errors import NonFiniteError, UserInputError
 from lossatlas.params import ParamDict, flatten
 from lossatlas.store import write_directions
 
@@ -119,7 +119,7 @@ def hessian_analysis(model: nn.Module, data: Any, spec: HessianSpec = HessianSpe
     Raises a one-line :class:`UserInputError` for a non-finite loss at θ, ``--params`` selecting nothing,
     or k larger than the number of parameters.
     """
-    from lossatlas.surface import _provenance
+    from lossatlas.store import provenance as _provenance
 
     espec = eval_spec or EvalSpec(splits=(spec.split,))
     evaluator = Evaluator(model, data, espec, device=device)
@@ -129,7 +129,7 @@ def hessian_analysis(model: nn.Module, data: Any, spec: HessianSpec = HessianSpe
             raise UserInputError(f"{what} {k} is larger than the {op.n} parameters selected; use {what} <= {op.n}")
     loss_value, grad = op.value_and_gradient()
     if not math.isfinite(loss_value):
-        raise UserInputError(f"the loss at this point is {loss_value}; curvature needs a finite loss "
+        raise NonFiniteError(f"the loss at this point is {loss_value}; curvature needs a finite loss "
                              "(check the checkpoint and the data)")
     tol = spec.resolved_tol
 

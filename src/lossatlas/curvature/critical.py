@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lossatlas.curvature.density import spectral_density
-from lossatlas.curvature.lanczos import Which, lanczos
+from lossatlas.curvature.krylov import Which, lanczos
 from lossatlas.params import flatten
 
 

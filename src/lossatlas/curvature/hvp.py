@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
-from lossatlas.errors import UserInputError
-from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator, LossFn
-from lossatlas.params import ParamDict, flatten, functional_forward
+from lossatlas.engine import EvalSpec, Evaluator, LossFn, batch_slices, sum_over_batches
+from lossatlas.errors import NonFiniteError, UserInputError
+from lossatlas.params import ParamDict, flatten, functional_forward, unflatten
 
 Vector = Tensor | Mapping[str, Tensor]
 """A direction in the selected parameter space: a flat ``(n,)`` tensor or a parameter-name dict."""
@@ -68,14 +68,7 @@ def select_parameters(names: list[str], pattern: str | None) -> list[str]:
 def _as_dict(v: Vector, like: Mapping[str, Tensor]) -> ParamDict:
     """A flat vector or dict → a dict shaped and typed like ``like`` (keys of ``like`` only)."""
     if isinstance(v, Tensor):
-        out: ParamDict = {}
-        offset = 0
-        for k, t in like.items():
-            out[k] = v[offset:offset + t.numel()].reshape(t.shape).to(t.dtype)
-            offset += t.numel()
-        if offset != v.numel():
-            raise ValueError(f"vector has {v.numel()} entries, the selected parameters {offset}")
-        return out
+        return unflatten(v, like)
     return {k: v[k].to(device=t.device, dtype=t.dtype) for k, t in like.items()}
 
 
@@ -137,12 +130,7 @@ class _Operator:
 
     def to_dict(self, vector: Tensor) -> ParamDict:
         """A flat ``(n,)`` vector → ``{name: tensor}`` keeping the vector's dtype."""
-        out: ParamDict = {}
-        offset = 0
-        for k, t in self.theta.items():
-            out[k] = vector[offset:offset + t.numel()].reshape(t.shape)
-            offset += t.numel()
-        return out
+        return unflatten(vector, self.theta, dtype=vector.dtype)
 
     def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:  # pragma: no cover - abstract
         """``(Σ H_n v, N)``: the float64 sum of per-sample products and the count it averages over."""
@@ -158,7 +146,7 @@ class _Operator:
         self.hvp_count += 1
         flat = flatten(out)
         if not bool(torch.isfinite(flat).all()):
-            raise UserInputError("the Hessian-vector product is not finite at this point (NaN or inf loss); "
+            raise NonFiniteError("the Hessian-vector product is not finite at this point (NaN or inf loss); "
                                  "analyse a point where the loss is finite")
         return flat if isinstance(v, Tensor) else out
 
@@ -168,12 +156,12 @@ class _Operator:
         raise NotImplementedError
 
     def eigenpairs(self, k: int = 1, which: str = "largest", **kwargs: Any) -> Any:
-        """Certified extreme eigenpairs (:func:`lossatlas.curvature.lanczos.lanczos` on this operator).
+        """Certified extreme eigenpairs (:func:`lossatlas.curvature.krylov.lanczos` on this operator).
 
-        Returns a :class:`~lossatlas.curvature.lanczos.LanczosResult` whose ``eigenvectors`` are parameter
+        Returns a :class:`~lossatlas.curvature.krylov.LanczosResult` whose ``eigenvectors`` are parameter
         dicts; ``kwargs`` (``tol``, ``max_matvecs``, ``v0``, ``seed``, ...) go to ``lanczos``.
         """
-        from lossatlas.curvature.lanczos import lanczos
+        from lossatlas.curvature.krylov import lanczos
 
         return lanczos(self.matvec, self.n, k, which, device=self.device, like=self.theta, **kwargs)
 
@@ -189,7 +177,7 @@ class _Operator:
         """L(θ), or a one-line error when it is NaN or infinite."""
         value = self.loss()
         if not torch.isfinite(torch.tensor(value)):
-            raise UserInputError(f"the loss at this point is {value}; curvature needs a finite loss "
+            raise NonFiniteError(f"the loss at this point is {value}; curvature needs a finite loss "
                                  "(check the checkpoint, or lower the learning rate that produced it)")
         return value
 
@@ -239,15 +227,14 @@ class HessianOperator(_Operator):
             raise UserInputError(f"split '{split}' is not available; use one of {', '.join(evaluator.splits)}")
         point = evaluator.theta() if point is None else point
         point = {k: v.to(evaluator.device) for k, v in point.items()}
-        names = select_parameters(list(point), params)
+        # the Hessian is over parameters; BN statistics (θ's own under bn=states) are held fixed
+        names = select_parameters([k for k in point if k not in evaluator.buffers], params)
         self.evaluator = evaluator
         self.model = evaluator.model
         self.loss_fn = evaluator.loss_fn
         self.batch_size = evaluator.spec.batch_size
         self.split = split
-        buffers = dict(evaluator.buffers)
-        if evaluator.spec.bn is BNPolicy.recompute and evaluator.has_bn:
-            buffers = evaluator.recompute_bn_buffers({k: v for k, v in point.items() if k not in buffers})
+        buffers = dict(evaluator.statistics_at({k: v for k, v in point.items() if k not in evaluator.buffers}))
         frozen = {**buffers, **{k: v for k, v in point.items() if k not in names}}
         for name, p in self.model.named_parameters():
             frozen.setdefault(name, p.detach())
@@ -273,8 +260,8 @@ class HessianOperator(_Operator):
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in batches of ``batch_size`` (the last one may be smaller)."""
-        for start in range(0, self.num_samples, self.batch_size):
-            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+        for s in batch_slices(self.num_samples, self.batch_size):
+            yield self.x[s], self.y[s]
 
     def _graph_bytes(self) -> int:
         """Rough size of all batches' stored ∇L graphs: activations ×8 plus parameter-sized buffers."""
@@ -294,36 +281,30 @@ class HessianOperator(_Operator):
         return self._graphs
 
     def _hv_sum(self, v: ParamDict) -> tuple[ParamDict, float]:
-        total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
         if self.cache:
-            parts = (graph(v)[0] for graph in self._batch_graphs())
-        else:
-            parts = (hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v)
-                     for xb, yb in self.batches())
-        for part in parts:
-            for k, t in part.items():
-                total[k] += t.double()
+            graphs = self._batch_graphs()
+            total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
+            for graph in graphs:
+                for k, t in graph(v)[0].items():
+                    total[k] += t.double()
+            return total, float(self.num_samples)
+        total = sum_over_batches(lambda xb, yb: hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb,
+                                                        v), self.x, self.y, self.batch_size)
         return total, float(self.num_samples)
 
     def _dense_columns(self, basis: Tensor) -> Tensor:
-        total = torch.zeros(basis.shape[0], self.n, dtype=torch.float64, device=self.device)
-        for xb, yb in self.batches():
-            def one(b: Tensor, xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+        def columns(xb: Tensor, yb: Tensor) -> Tensor:
+            def one(b: Tensor) -> Tensor:
                 return flatten(hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, b))
-            total += vmap(one)(basis).double()
-        return total / self.num_samples
+            return vmap(one)(basis)
+        return sum_over_batches(columns, self.x, self.y, self.batch_size) / self.num_samples
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:
         """``(L(θ), ∇L(θ))`` averaged exactly over the split (float64 accumulation)."""
-        g_total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
-        value = torch.zeros((), dtype=torch.float64, device=self.device)
-        for xb, yb in self.batches():
-            g, val = gradient_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb)
-            value += val.double()
-            for k in g_total:
-                g_total[k] += g[k].double()
+        g, value = sum_over_batches(lambda xb, yb: gradient_sum(self.model, self.theta, self.buffers, self.loss_fn,
+                                                                xb, yb), self.x, self.y, self.batch_size)
         n = self.num_samples
-        return float(value) / n, {k: t / n for k, t in g_total.items()}
+        return float(value) / n, {k: t / n for k, t in g.items()}
 
 
 class FunctionHessian(_Operator):

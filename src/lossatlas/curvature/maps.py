@@ -5,7 +5,7 @@ the extreme eigenvalues λmax, λmin of the *full* Hessian and |λmin/λmax| sho
 non-convex: a projected surface that looks convex can still hide negative curvature, but negative
 curvature in the plot implies negative eigenvalues of the full Hessian (seed 002).
 
-:class:`CurvatureTask` extends :class:`lossatlas.surface.PointTask`: it returns the loss metrics plus
+:class:`CurvatureTask` extends :class:`lossatlas.grid.PointTask`: it returns the loss metrics plus
 ``lambda_max``, ``lambda_min``, ``convexity_ratio``, ``hessian_converged`` and ``hessian_matvecs`` for each
 point of a work unit, so the same executors, store and resume machinery fill a convexity map. Lanczos
 at a point starts from the eigenvectors found at the previous point of the unit (its grid neighbour).
@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from lossatlas.curvature.hvp import HessianOperator, as_dtype
-from lossatlas.curvature.lanczos import Which, lanczos
-from lossatlas.errors import UserInputError
-from lossatlas.evaluate import Evaluator
+from lossatlas.curvature.krylov import Which, lanczos
+from lossatlas.engine import Evaluator
+from lossatlas.errors import NonFiniteError, UserInputError
 from lossatlas.execute import WorkUnit
+from lossatlas.grid import PointTask
 from lossatlas.params import ParamDict, add_scaled
-from lossatlas.surface import PointTask
 
 CONVEXITY_METRICS = ("lambda_max", "lambda_min", "convexity_ratio", "hessian_converged", "hessian_matvecs")
 """Variables a convexity map adds to a surface store."""
@@ -99,7 +99,7 @@ class CurvatureTask(PointTask):
                 res = lanczos(op.matvec, op.n, min(2, op.n), Which.both, tol=self.spec.tol,
                               max_matvecs=self.spec.max_matvecs, v0=warm, seed=self.spec.seed,
                               device=op.device)
-            except UserInputError:  # non-finite products at a diverged point: leave NaN
+            except NonFiniteError:  # non-finite products at a diverged point: leave NaN
                 continue
             warm = list(res.vectors)
             lam_max, lam_min = float(res.eigenvalues.max()), float(res.eigenvalues.min())

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from lossatlas.curvature.hvp import HessianOperator, _Operator, gradient_sum, hvp_sum
+from lossatlas.engine import Evaluator, LossFn, sum_over_batches
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import Evaluator, LossFn
 from lossatlas.execute import ByValue, DaskExecutor, InProcessExecutor, place_on_worker, set_worker_threads
 from lossatlas.params import ParamDict
 
@@ -50,29 +50,18 @@ class HessianShard:
         self.x, self.y = self.x.to(device), self.y.to(device)
         return self
 
-    def _batches(self) -> list[tuple[Tensor, Tensor]]:
-        return [(self.x[i:i + self.batch_size], self.y[i:i + self.batch_size])
-                for i in range(0, self.x.shape[0], self.batch_size)]
-
     def hv_sum(self, v: Mapping[str, Tensor]) -> ParamDict:
         """Σ over this shard's samples of ∇²ℓₙ v, float64 on the CPU."""
         v = {k: t.to(self.device) for k, t in v.items()}
-        total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
-        for xb, yb in self._batches():
-            for k, t in hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v).items():
-                total[k] += t.double()
+        total = sum_over_batches(lambda xb, yb: hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, v),
+                                 self.x, self.y, self.batch_size)
         return {k: t.cpu() for k, t in total.items()}
 
     def grad_sum(self) -> tuple[ParamDict, float]:
         """(Σₙ ∇ℓₙ, Σₙ ℓₙ) over this shard, float64 on the CPU."""
-        total = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in self.theta.items()}
-        value = 0.0
-        for xb, yb in self._batches():
-            g, val = gradient_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb)
-            value += float(val.double())
-            for k in total:
-                total[k] += g[k].double()
-        return {k: t.cpu() for k, t in total.items()}, value
+        g, value = sum_over_batches(lambda xb, yb: gradient_sum(self.model, self.theta, self.buffers, self.loss_fn,
+                                                                xb, yb), self.x, self.y, self.batch_size)
+        return {k: t.cpu() for k, t in g.items()}, float(value)
 
 
 def _shard_call(shard: HessianShard, method: str, args: tuple[Any, ...], torch_threads: int | None) -> Any:

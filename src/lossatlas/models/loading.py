@@ -13,7 +13,6 @@ Everything a user can get wrong raises :class:`~lossatlas.errors.UserInputError`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,9 +20,7 @@ from torch import nn
 
 from lossatlas.errors import UserInputError
 from lossatlas.models.zoo import ZOO, build_zoo_model
-from lossatlas.userfunc import load_callable
-
-_SPEC_FORMS = "'zoo:NAME[:key=value,...]', 'path/to/file.py:function' or 'package.module:function'"
+from lossatlas.specs import call_with_accepted, load_user_function, parse_spec
 
 
 def _check_shape(input_shape: Sequence[int], output_dim: int) -> tuple[int, ...]:
@@ -37,31 +34,15 @@ def _check_shape(input_shape: Sequence[int], output_dim: int) -> tuple[int, ...]
     return shape
 
 
-def _call_user_function(
-    function: Callable[..., object], label: str, input_shape: tuple[int, ...], output_dim: int
-) -> nn.Module:
+def _call_user_function(function: Callable[..., object], label: str, input_shape: tuple[int, ...],
+                        output_dim: int) -> nn.Module:
     """Call with the subset of ``input_shape``/``output_dim`` its signature accepts; check the result."""
-    offered: dict[str, object] = {"input_shape": input_shape, "output_dim": output_dim}
+    kwargs = call_with_accepted(function, {"input_shape": input_shape, "output_dim": output_dim})
     try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
-        kwargs: dict[str, object] = {}
-    else:
-        params = signature.parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {
-            key: value
-            for key, value in offered.items()
-            if takes_any or (key in params and params[key].kind is not inspect.Parameter.POSITIONAL_ONLY)
-        }
-        try:
-            signature.bind(**kwargs)
-        except TypeError as exc:
-            raise UserInputError(
-                f"cannot call '{label}' with only input_shape/output_dim ({exc}); give its other parameters "
-                "default values"
-            ) from exc
-    model = function(**kwargs)
+        model = function(**kwargs)
+    except TypeError as exc:
+        raise UserInputError(f"calling '{label}' failed ({exc}); give its other parameters default values or "
+                             "pass them in the spec as key=value") from None
     if not isinstance(model, nn.Module):
         raise UserInputError(
             f"'{label}' returned {type(model).__name__}, not a torch.nn.Module; make it return the model"
@@ -70,18 +51,11 @@ def _call_user_function(
 
 
 def _build_unseeded(spec: str, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
-    text = spec.strip()
-    if text.lower().startswith("zoo:"):
-        return build_zoo_model(text[4:], input_shape=input_shape, output_dim=output_dim)
-    target, sep, attribute = text.rpartition(":")
-    if not sep:
-        hint = f"did you mean 'zoo:{text}'? " if text.lower() in ZOO else ""
-        raise UserInputError(f"model spec '{spec}' has no ':'; {hint}use {_SPEC_FORMS}")
-    if not target or not attribute.strip():
-        raise UserInputError(f"model spec '{spec}' needs a module or file and a function; use {_SPEC_FORMS}")
-    attribute = attribute.strip()
-    function = load_callable(target, attribute, "model")
-    return _call_user_function(function, f"{target}:{attribute}", input_shape, output_dim)
+    parsed = parse_spec(spec, "model", builtins=list(ZOO), prefix="zoo:")
+    if parsed.builtin:
+        return build_zoo_model(parsed, input_shape=input_shape, output_dim=output_dim)
+    function = load_user_function(parsed, "model", reserved=("input_shape", "output_dim"))
+    return _call_user_function(function, f"{parsed.target}:{parsed.name}", input_shape, output_dim)
 
 
 def build_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int, seed: int = 0) -> nn.Module:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import typing
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,6 +29,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.models.densenet import densenet
 from lossatlas.models.resnet import image_channels, require_positive, resnet20, resnet56, resnet110, wrn
 from lossatlas.models.vgg import vgg9
+from lossatlas.specs import Spec, parse_options, parse_spec, typed_options
 
 
 class Quadratic(nn.Module):
@@ -291,76 +291,20 @@ def zoo_keys(name: str) -> dict[str, object]:
     }
 
 
-def _describe(annotation: object) -> str:
-    if annotation is bool:
-        return "true or false"
-    if annotation is int:
-        return "an integer"
-    if annotation is float:
-        return "a number"
-    if typing.get_origin(annotation) in (tuple, list, Sequence):
-        return "integers joined by '-' (e.g. 256-256)"
-    return "a string"
+def parse_zoo_options(name: str, options: str | Sequence[tuple[str, str]]) -> dict[str, object]:
+    """Typed keyword arguments for zoo model ``name`` from ``key=value,...`` text or parsed pairs.
 
-
-def _coerce(raw: str, annotation: object, key: str, name: str) -> object:
-    """Read the text ``raw`` of zoo key ``key`` as the type ``annotation`` of the builder's parameter."""
-    text = raw.strip()
-    try:
-        if annotation is bool:
-            lowered = text.lower()
-            if lowered in ("true", "yes", "on", "1"):
-                return True
-            if lowered in ("false", "no", "off", "0"):
-                return False
-            raise ValueError(text)
-        if annotation is int:
-            return int(text)
-        if annotation is float:
-            return float(text)
-        if typing.get_origin(annotation) in (tuple, list, Sequence):
-            return tuple(int(part) for part in text.split("-")) if text else ()
-    except ValueError:
-        raise UserInputError(
-            f"bad value {key}={raw!r} for zoo model '{name}'; expected {_describe(annotation)}"
-        ) from None
-    return text
-
-
-def parse_zoo_options(name: str, options: str) -> dict[str, object]:
-    """Parse ``key=value,key=value`` for zoo model ``name`` into typed keyword arguments.
-
-    Each value is read according to the builder's type hint (see the module docstring); unknown keys,
+    Each value is read according to the builder's type hint (:func:`lossatlas.specs.coerce`); unknown keys,
     repeated keys and unreadable values raise :class:`UserInputError`.
     """
     builder = _lookup(name)
-    valid = zoo_keys(name)
-    hints = typing.get_type_hints(builder)
-    kwargs: dict[str, object] = {}
-    for item in options.split(","):
-        if not item.strip():
-            continue
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserInputError(
-                f"zoo option '{item}' for model '{name}' is not key=value; write e.g. zoo:{name}:"
-                f"{next(iter(valid), 'key')}=..."
-            )
-        if key not in valid:
-            raise UserInputError(
-                f"unknown key '{key}' for zoo model '{name}'; valid keys: {', '.join(valid) or '(none)'}"
-            )
-        if key in kwargs:
-            raise UserInputError(f"key '{key}' is given twice for zoo model '{name}'; keep one")
-        kwargs[key] = _coerce(raw, hints.get(key, str), key, name)
-    return kwargs
+    pairs = parse_options(options, f"zoo:{name}") if isinstance(options, str) else options
+    return typed_options(pairs, builder, f"zoo model '{name}'", reserved=("input_shape", "output_dim"))
 
 
-def build_zoo_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
-    """Build from the part of a spec after ``zoo:``, i.e. ``NAME[:key=value,...]`` (unseeded)."""
-    name, _, options = spec.partition(":")
-    name = name.strip().lower()
-    builder = _lookup(name)
-    kwargs = parse_zoo_options(name, options)
+def build_zoo_model(spec: str | Spec, *, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
+    """Build from a parsed ``zoo:`` spec, or the text after ``zoo:`` (``NAME[:key=value,...]``), unseeded."""
+    parsed = spec if isinstance(spec, Spec) else parse_spec("zoo:" + spec, "model", builtins=list(ZOO), prefix="zoo:")
+    builder = _lookup(parsed.name)
+    kwargs = parse_zoo_options(parsed.name, parsed.options)
     return builder(input_shape=input_shape, output_dim=output_dim, **kwargs)

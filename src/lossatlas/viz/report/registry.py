@@ -1,6 +1,6 @@
 """The ONE registration point of the HTML report: a section is a function, registered by kind.
 
-A feature adds a report section by adding a module to :mod:`lossatlas.report.sections`; every module
+A feature adds a report section by adding a module to :mod:`lossatlas.viz.report.sections`; every module
 there is imported automatically (``pkgutil``), so nothing else in the report code changes.
 
 Stable API (other features build on it; keep it backwards compatible):
@@ -129,14 +129,14 @@ def _key(fn: Callable[..., Any]) -> tuple[str, str]:
 
 
 def load_sections() -> list[str]:
-    """Import every module of :mod:`lossatlas.report.sections` once (each registers its builders).
+    """Import every module of :mod:`lossatlas.viz.report.sections` once (each registers its builders).
 
     A module that fails to import does not break the report: the failure is returned (and kept for every
     later call) as a one-line problem, which the report lists and ``strict`` mode raises.
     """
     global _LOADED
     if not _LOADED:
-        from lossatlas.report import sections
+        from lossatlas.viz.report import sections
 
         for info in sorted(pkgutil.iter_modules(sections.__path__), key=lambda m: m.name):
             try:

@@ -1,5 +1,5 @@
 """Report section for a training run: ``metrics.csv`` (per-epoch loss and accuracy from the evaluation
-engine, written by :func:`lossatlas.train.train`) and the run's ``run.json`` configuration."""
+engine, written by :func:`lossatlas.training.train`) and the run's ``run.json`` configuration."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from lossatlas.report.figures import curves_1d, metric_table
-from lossatlas.report.registry import Section, register_artifact
+from lossatlas.viz.report.figures import curves_1d, metric_table
+from lossatlas.viz.report.registry import Section, register_artifact
 
 
 def read_metrics(path: Path) -> xr.Dataset:

@@ -17,8 +17,8 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from lossatlas.errors import UserInputError
-from lossatlas.plot import Levels, PlotKind, draw_2d, grid_2d, masked, metric_label, shared_scale
 from lossatlas.store import open_surface
+from lossatlas.viz.plot import Levels, PlotKind, draw_2d, grid_2d, masked, metric_label, shared_scale
 
 _MAX_PANELS = 16
 

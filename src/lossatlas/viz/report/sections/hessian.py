@@ -11,8 +11,8 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from lossatlas.report.figures import TEMPLATE, finite, metric_table
-from lossatlas.report.registry import Section, esc, register, register_artifact
+from lossatlas.viz.report.figures import TEMPLATE, finite, metric_table
+from lossatlas.viz.report.registry import Section, esc, register, register_artifact
 
 
 def _summary_rows(ds: xr.Dataset) -> list[tuple[str, str]]:

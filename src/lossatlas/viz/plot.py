@@ -8,7 +8,7 @@ Non-finite points (NaN/inf losses of diverged points; non-positive values in log
 never plotted as numbers: they are left blank (grey in heatmaps) and marked with small grey crosses.
 
 :func:`shared_scale` gives one colour range and one set of levels for several arrays; the ``compare``
-command (:mod:`lossatlas.compare`) uses it so panels side by side are directly comparable.
+command (:mod:`lossatlas.viz.compare`) uses it so panels side by side are directly comparable.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from lossatlas.engine.subset import Z95  # noqa: E402
 from lossatlas.errors import UserInputError  # noqa: E402
 from lossatlas.store import COMPLETED, open_surface  # noqa: E402
-from lossatlas.subset import Z95  # noqa: E402
 
 STDERR = "_stderr"
 
@@ -346,3 +346,14 @@ def parse_kinds(names: Sequence[str]) -> list[PlotKind]:
             choices = ", ".join(k.value for k in PlotKind)
             raise UserInputError(f"--kind must be one of {choices}, got '{name}'") from None
     return out
+
+
+def plot_surface(ds: xr.Dataset, metric: str = "train_loss", kind: str = "contourf", log: bool = False) -> Figure:
+    """A matplotlib figure of a surface or interpolation Dataset, oriented like ``lossatlas plot``'s PNGs
+    (x to the right, y up): 1D curves with loss and accuracy on twin axes, or a 2D ``kind`` plot of ``metric``.
+
+    ``ds.train_loss.plot()`` alone would put the first dimension (x) on the vertical axis; this does not.
+    """
+    if "y" not in ds.dims:
+        return figure_1d(ds, log=log)
+    return figure_2d(ds, metric, parse_kinds([kind])[0], log=log)

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lossatlas.engine import EvalSpec, Evaluator, resolve_loss
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator, resolve_loss
 from lossatlas.params import buffers_of, parameters_of, private_copy, save_checkpoint
 
 
@@ -126,10 +126,9 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
     fields = ["epoch", *evaluator.metric_names]
     if start_epoch == 0:
         save_checkpoint(net, checkpoint_path(out, 0))
-        with metrics_file.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerow({"epoch": 0, **_evaluate(evaluator, net)})
+        _write_rows(metrics_file, fields, [{"epoch": 0, **_evaluate(evaluator, net)}])
+    else:  # a kill after a row was appended but before state.pt was replaced leaves rows past the state
+        _write_rows(metrics_file, fields, [r for r in _read_rows(metrics_file) if int(r["epoch"]) <= start_epoch])
 
     for epoch in range(start_epoch + 1, spec.epochs + 1):
         net.train()
@@ -153,6 +152,23 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
         if progress:
             progress(epoch, spec.epochs, row)
     return net
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` atomically with a header and ``rows``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _evaluate(evaluator: Evaluator, net: nn.Module) -> dict[str, float]:

@@ -2,11 +2,11 @@
 
 The run directory is scanned (a few levels deep) for zarr stores — dispatched to the builders registered
 for their root attr ``kind`` — and for plain files matched by a registered artifact pattern (see
-:mod:`lossatlas.report.registry`). plotly.js is embedded once in the page (no CDN, no network request);
+:mod:`lossatlas.viz.report.registry`). plotly.js is embedded once in the page (no CDN, no network request);
 each figure is a ``plotly.io.to_html(full_html=False, include_plotlyjs=False)`` fragment.
 
 Every string that comes from a user or a store (paths, attrs, notes) is HTML-escaped here or by the
-section builders (:func:`lossatlas.report.registry.esc`).
+section builders (:func:`lossatlas.viz.report.registry.esc`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import zarr
 
 from lossatlas import __version__
 from lossatlas.errors import UserInputError
-from lossatlas.report.registry import (
+from lossatlas.store import open_surface
+from lossatlas.viz.report.registry import (
     Section,
     artifact_builders,
     artifact_patterns,
@@ -34,7 +35,6 @@ from lossatlas.report.registry import (
     load_sections,
     store_builders,
 )
-from lossatlas.store import open_surface
 
 _SKIP_DIRS = {"checkpoints", "__pycache__", "node_modules"}
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,

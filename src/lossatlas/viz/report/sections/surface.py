@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from lossatlas.report.figures import (
+from lossatlas.viz.report.figures import (
     curves_1d,
     finite,
     grid_variables,
@@ -18,7 +18,7 @@ from lossatlas.report.figures import (
     stderr_of,
     surface_3d,
 )
-from lossatlas.report.registry import Section, register
+from lossatlas.viz.report.registry import Section, register
 
 
 def _describe(ds: xr.Dataset) -> str:

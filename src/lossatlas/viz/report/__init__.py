@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lossatlas.report.builder import ReportResult, build_report
-from lossatlas.report.registry import Section, esc, register, register_artifact
+from lossatlas.viz.report.builder import ReportResult, build_report
+from lossatlas.viz.report.registry import Section, esc, register, register_artifact
 
 __all__ = ["ReportResult", "Section", "build_report", "esc", "register", "register_artifact"]

@@ -1,3 +1,3 @@
 """Report sections: one module per kind of result. Every module here is imported by
-:func:`lossatlas.report.registry.load_sections` and registers its builders with ``@register`` /
+:func:`lossatlas.viz.report.registry.load_sections` and registers its builders with ``@register`` /
 ``@register_artifact``; add a file to add a section."""

@@ -11,7 +11,7 @@ Conventions (what a store may hold; everything is optional except ``x``):
 
 Non-finite values (diverged points) are masked (NaN → gaps/holes), never plotted as numbers. Every
 string that ends up in a title, label or hover text passes through
-:func:`~lossatlas.report.registry.plotly_text`.
+:func:`~lossatlas.viz.report.registry.plotly_text`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from lossatlas.report.registry import esc, plotly_text
+from lossatlas.engine.subset import Z95
 from lossatlas.store import COMPLETED
-from lossatlas.subset import Z95
+from lossatlas.viz.report.registry import esc, plotly_text
 
 TEMPLATE = "plotly_white"
 STDERR = "_stderr"

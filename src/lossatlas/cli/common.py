@@ -1,0 +1,174 @@
+"""What every command shares: the Typer app, consoles, error handling, progress bars, option types.
+
+Errors the user can fix (:class:`lossatlas.errors.UserInputError`) print one red line and exit 2; user strings
+are printed verbatim (never parsed as Rich markup). Ctrl-C stops cleanly with exit 130 and says what was kept.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used by command modules
+from lossatlas.engine.bn import BNPolicy
+from lossatlas.errors import NonFiniteError, UserInputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lossatlas: loss landscapes of neural networks — surfaces, curvature, paths, studies.")
+console = Console(stderr=True)
+out_console = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+RESUMABLE = ("finished work is saved; run the same command again to resume "
+             "(--overwrite would discard it)")
+"""What Ctrl-C prints for commands that keep their progress on disk."""
+
+
+def error_line(message: str) -> None:
+    """``error: MESSAGE`` in red on stderr, the message printed verbatim (no Rich markup, no wrapping)."""
+    console.print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
+
+
+def warning_line(message: str) -> None:
+    """``warning: MESSAGE`` in yellow on stderr, verbatim."""
+    console.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
+
+
+def user_errors(fn: F | None = None, *, interrupted: str = RESUMABLE) -> Any:
+    """Turn user errors into one red line + exit 2, and Ctrl-C into a clean stop (exit 130).
+
+    ``interrupted``: what the stop message says about the work done so far (e.g. how to resume); use as
+    ``@user_errors`` or ``@user_errors(interrupted="...")``.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (UserInputError, NonFiniteError) as exc:
+                error_line(str(exc))
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                console.print(Text.assemble(("interrupted: ", "yellow"), interrupted), soft_wrap=True)
+                raise typer.Exit(130) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar, shown from the first ``update(done, total)`` on (so early errors stay one line)."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task = bar.add_task(description, total=None)
+    started = False
+
+    def update(done: int, total: int, description: str | None = None) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        if description:
+            bar.update(task, completed=done, total=total, description=description)
+        else:
+            bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()
+
+
+# -- shared option types --------------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", help="zoo:NAME[:k=v,...], file.py:function or module:function.")]
+DataOpt = Annotated[str, typer.Option("--data", help="mnist1d, digits, teacher, xor, jellyfish, spirals, "
+                                                     "file.npz, file.py:function or module:function.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Weights (.safetensors or .pt).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; stored with the result.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
+LossOpt = Annotated[str, typer.Option("--loss", help="cross_entropy, mse, or module:function (per-sample).")]
+BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: eval, recompute or states.")]
+OutStoreOpt = Annotated[Path, typer.Option("--out", help="Result store (a .zarr directory).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store of another run.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Run on a local Dask cluster of N worker "
+                                                                  "processes (one thread each).")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Run on an existing Dask cluster: its "
+                                                                      "scheduler address, tcp://HOST:8786.")]
+SubsetOpt = Annotated[str | None, typer.Option("--subset", help="Evaluate on one fixed stratified subset: "
+                                                                "FRACTION (0.1) or COUNT (500); stores *_stderr.")]
+MemoryOpt = Annotated[str, typer.Option("--memory", help="Memory for one batched pass (e.g. 2GB); decides how "
+                                                         "many points share a pass.")]
+
+
+class DirectionKind(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """Where the directions of a surface come from."""
+
+    random = "random"
+    """Filter-normalised Gaussian directions (Li et al. 2018), drawn from --seed."""
+    hessian = "hessian"
+    """The top Hessian eigenvectors at the model's weights (unit norm)."""
+
+
+class Precision(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """Arithmetic of Hessian-vector products."""
+
+    float32 = "float32"
+    float64 = "float64"
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserInputError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    return device
+
+
+def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """Dataset, model (checkpoint loaded) and provenance strings for a command."""
+    from lossatlas.data import load_data
+    from lossatlas.models import build_model
+    from lossatlas.params import file_sha256, load_checkpoint
+
+    data = load_data(data_spec)
+    model = build_model(model_spec, input_shape=data.input_shape, output_dim=data.output_dim, seed=model_seed)
+    provenance: dict[str, Any] = {"model": model_spec, "data": data_spec, "model_seed": model_seed}
+    if checkpoint is not None:
+        model = load_checkpoint(model, checkpoint)
+        provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+    return data, model, provenance
+
+
+def summary(ds: Any, out: Path) -> None:
+    bad = int(ds.attrs.get("nonfinite_points", 0))
+    dims = " × ".join(str(ds.sizes[d]) for d in ds["train_loss"].dims)
+    loss = ds["train_loss"].values
+    finite = loss[~(loss != loss)]
+    low = f"{float(finite.min()):.6g}" if finite.size else "n/a"
+    out_console.print(f"wrote {out} ({dims} points; min train loss {low}; non-finite points: {bad})")

@@ -1,0 +1,102 @@
+"""``lossatlas surface`` and ``lossatlas interpolate``: loss surfaces and straight lines between models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossatlas.cli.common import (
+    BatchOpt,
+    BNOpt,
+    CheckpointOpt,
+    DataOpt,
+    DeviceOpt,
+    DirectionKind,
+    Ignore,
+    LossOpt,
+    MemoryOpt,
+    ModelOpt,
+    Norm,
+    OutStoreOpt,
+    OverwriteOpt,
+    SchedulerOpt,
+    SeedOpt,
+    SubsetOpt,
+    WorkersOpt,
+    app,
+    check_device,
+    load_problem,
+    progress_bar,
+    summary,
+    user_errors,
+)
+from lossatlas.engine.bn import BNPolicy
+from lossatlas.engine.subset import parse_subset
+from lossatlas.execute import make_executor, parse_memory
+
+
+@app.command()
+@user_errors
+def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
+            x: Annotated[str, typer.Option("--x", help="MIN:MAX:N along the first direction.")] = "-1:1:51",
+            y: Annotated[str | None, typer.Option("--y", help="MIN:MAX:N along a second direction (2D).")] = None,
+            checkpoint: CheckpointOpt = None,
+            norm: Annotated[Norm, typer.Option(help="Direction normalisation.")] = Norm.filter,
+            ignore: Annotated[Ignore, typer.Option(help="biasbn: zero direction for 1-D tensors.")] = Ignore.biasbn,
+            bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
+            seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu",
+            workers: WorkersOpt = None, scheduler: SchedulerOpt = None, subset: SubsetOpt = None,
+            memory: MemoryOpt = "1GiB",
+            directions: Annotated[DirectionKind, typer.Option(
+                "--directions", help="random (filter-normalised) or hessian (top Hessian eigenvectors).")
+            ] = DirectionKind.random,
+            hessian: Annotated[bool, typer.Option(
+                "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
+            ] = False) -> None:
+    """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
+    from lossatlas.directions import DirectionSpec
+    from lossatlas.engine import EvalSpec
+    from lossatlas.grid import Axis
+    from lossatlas.landscape import surface as compute
+
+    x_axis, y_axis = Axis.parse(x, "--x"), (Axis.parse(y, "--y") if y is not None else None)
+    dspec = DirectionSpec(norm=norm, ignore=ignore, seed=seed)
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset), subset_seed=seed,
+                     memory_bytes=parse_memory(memory))
+    with make_executor(workers, scheduler) as executor:  # first: a wrong --scheduler fails fast
+        dataset, net, provenance = load_problem(model, data, checkpoint)
+        with progress_bar("surface") as update:
+            ds = compute(net, dataset, x=x_axis, y=y_axis, eval_spec=espec, out=out,
+                         directions=dspec if directions is DirectionKind.random else directions.value,
+                         overwrite=overwrite, provenance=provenance, progress=update, device=check_device(device),
+                         executor=executor, hessian=hessian)
+    summary(ds, out)
+
+
+@app.command()
+@user_errors
+def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
+                checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model A (α = 0).")],
+                checkpoint2: Annotated[Path, typer.Option("--checkpoint2", help="Model B (α = 1).")],
+                x: Annotated[str, typer.Option("--x", help="MIN:MAX:N values of α.")] = "-0.5:1.5:41",
+                bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
+                overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu", workers: WorkersOpt = None,
+                scheduler: SchedulerOpt = None, subset: SubsetOpt = None, memory: MemoryOpt = "1GiB") -> None:
+    """Loss along the straight line (1 − α) θ_A + α θ_B between two checkpoints (Goodfellow et al.)."""
+    from lossatlas.engine import EvalSpec
+    from lossatlas.grid import Axis
+    from lossatlas.landscape import interpolate as compute
+    from lossatlas.params import file_sha256, load_checkpoint
+
+    axis = Axis.parse(x, "--x")
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset),
+                     memory_bytes=parse_memory(memory))
+    dataset, model_a, provenance = load_problem(model, data, checkpoint)
+    model_b = load_checkpoint(model_a, checkpoint2)
+    provenance.update(checkpoint2=str(checkpoint2), checkpoint2_sha256=file_sha256(checkpoint2))
+    with make_executor(workers, scheduler) as executor, progress_bar("interpolation") as update:
+        ds = compute(model_a, model_b, dataset, x=axis, eval_spec=espec, out=out, overwrite=overwrite,
+                     provenance=provenance, progress=update, device=check_device(device), executor=executor)
+    summary(ds, out)

@@ -1,0 +1,315 @@
+"""The one evaluation engine: metrics at many parameter points, batched over data and over points.
+
+Every feature that needs "the loss at these parameter points" (surfaces, interpolations, curves, convexity
+maps, studies) calls :class:`Evaluator`. The value at a point is the sample-weighted mean over the whole split
+(:func:`lossatlas.engine.batches.sum_over_batches`: an uneven last batch is weighted by its size), accumulated
+in float64.
+
+Points are evaluated several at a time with ``torch.func.vmap`` over stacked parameter dicts; the result equals a
+plain per-point loop to float rounding. On CPU a point whose batch already fills a cache-sized pass runs alone,
+without vmap, and conv nets run in channels-last layout (:mod:`lossatlas.engine.passes`).
+
+Thread safety: each thread that evaluates gets its own copy of the model (``functional_call`` swaps tensors into
+a module, and BatchNorm re-estimation hooks into it), so a Dask worker with several threads gives the numbers of
+an in-process run.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from lossatlas.engine.batches import sum_over_batches
+from lossatlas.engine.bn import BNPolicy, has_batchnorm, recompute_statistics
+from lossatlas.engine.losses import check_per_sample, resolve_loss
+from lossatlas.engine.passes import CPU_PASS_FLOATS, activation_numel_per_sample, channels_last_works, layout
+from lossatlas.engine.subset import STDERR_SUFFIX, check_subset, mean_stderr, subset_indices
+from lossatlas.errors import UserInputError
+from lossatlas.params import ParamDict, buffers_of, float_buffer_names, functional_forward, private_copy, stack_points
+
+if TYPE_CHECKING:
+    from lossatlas.data import Dataset
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How points are evaluated.
+
+    Attributes:
+        loss: ``cross_entropy``, ``mse`` or a ``module:function[:key=value]`` / ``file.py:function`` spec returning
+            per-sample losses ``(B,)`` from ``(output, target)``.
+        batch_size: samples per forward pass.
+        bn: :class:`BNPolicy`.
+        splits: which splits to evaluate (``train``, ``test``; a missing test split is skipped).
+        memory_bytes: budget for one vmapped pass; decides how many points share a forward pass.
+        subset: evaluate every point on one fixed subset of each split: a fraction in (0, 1] (``float``) or a
+            sample count (``int``); stratified by class (:mod:`lossatlas.engine.subset`). Adds a
+            ``<metric>_stderr`` per metric. None = the whole split.
+        subset_seed: seed of the subset draw.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int = 1000
+    bn: BNPolicy = BNPolicy.eval
+    splits: tuple[str, ...] = SPLITS
+    memory_bytes: int = 1 << 30
+    subset: float | int | None = None
+    subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subset", check_subset(self.subset))
+        try:
+            object.__setattr__(self, "bn", BNPolicy(self.bn))
+        except ValueError:
+            raise UserInputError(f"--bn must be one of eval, recompute, states; got '{self.bn}'") from None
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserInputError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        if self.memory_bytes < 1 << 20:
+            raise UserInputError("the memory budget must be at least 1 MiB")
+        object.__setattr__(self, "splits", tuple(self.splits))
+        bad = [s for s in self.splits if s not in SPLITS]
+        if bad or not self.splits:
+            raise UserInputError(f"unknown split '{bad[0] if bad else ''}'; use train or test")
+
+
+class Evaluator:
+    """Loss and accuracy of one model on one dataset at any parameter point.
+
+    The user's model is deep-copied; it is never mutated. θ is the copy's parameters (plus float buffers under
+    ``bn=states``).
+
+    Args:
+        model: an ``nn.Module`` (weights already loaded).
+        data: a :class:`lossatlas.data.Dataset`.
+        spec: :class:`EvalSpec`.
+        device: where to evaluate (``"cpu"``, ``"cuda"``, ...).
+    """
+
+    def __init__(self, model: nn.Module, data: Dataset, spec: EvalSpec | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.spec = spec or EvalSpec()
+        self.device = torch.device(device)
+        self._master = private_copy(model).to(self.device)  # never run: copied per thread
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.loss_fn = resolve_loss(self.spec.loss)
+        self.classification = data.task == "classification"
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.population: dict[str, int] = {}  # split sizes before any subset
+        for split in self.spec.splits:
+            if split == "test" and data.x_test is None:
+                continue
+            self.splits[split] = self._draw(data, split)
+        if not self.splits:
+            raise UserInputError(f"the data '{data.name}' has none of the splits {', '.join(self.spec.splits)}")
+        self.buffers = {k: v.to(self.device) for k, v in buffers_of(self._master).items()}
+        self.has_bn = has_batchnorm(self._master)
+        # BN statistics are re-estimated on the training split (the evaluated subset of it, if any)
+        self.bn_inputs: Tensor | None = None
+        if self.spec.bn is BNPolicy.recompute and self.has_bn:
+            self.bn_inputs = (self.splits["train"] if "train" in self.splits else self._draw(data, "train"))[0]
+        x0, y0 = next(iter(self.splits.values()))
+        with torch.no_grad():
+            check_per_sample(self.loss_fn, self.model(x0[:2]), y0[:2], self.spec.loss)
+        self._per_sample = activation_numel_per_sample(self.model, x0)
+        self._channels_last = self.device.type == "cpu" and channels_last_works(self.model, x0, self.buffers)
+
+    def _draw(self, data: Dataset, split: str) -> tuple[Tensor, Tensor]:
+        x, y = data.split(split)
+        self.population[split] = int(x.shape[0])
+        if self.spec.subset is not None:  # the same samples at every point
+            keep = torch.from_numpy(subset_indices(y, self.spec.subset, self.spec.subset_seed, split,
+                                                   self.classification))
+            x, y = x[keep], y[keep]
+        return x.to(self.device), y.to(self.device)
+
+    # -- thread-private model ------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """This thread's private copy of the model (eval mode); ``functional_call`` may swap tensors into it."""
+        local = self._local.__dict__
+        if local.get("device") != self.device:
+            with self._lock:
+                local["model"] = copy.deepcopy(self._master)
+                local["device"] = self.device
+        return local["model"]  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_local", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- the point we perturb ------------------------------------------------------------------
+    def theta(self) -> ParamDict:
+        """θ of the model: parameters, plus float buffers under the BN ``states`` policy."""
+        theta = {name: p.detach().clone() for name, p in self._master.named_parameters()}
+        if self.spec.bn is BNPolicy.states:
+            for name in float_buffer_names(self._master):
+                theta[name] = self.buffers[name].clone()
+        return theta
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Names of the metrics returned, e.g. ``train_loss, train_accuracy, test_loss, ...``."""
+        names = []
+        for split in self.splits:
+            names.append(f"{split}_loss")
+            if self.classification:
+                names.append(f"{split}_accuracy")
+        if self.spec.subset is not None:
+            names += [name + STDERR_SUFFIX for name in names]
+        return names
+
+    def to(self, device: str | torch.device) -> Evaluator:
+        """Move the model, the data and the buffers to ``device`` in place (e.g. a worker's GPU)."""
+        self.device = torch.device(device)
+        self._master = self._master.to(self.device)
+        self.splits = {s: (x.to(self.device), y.to(self.device)) for s, (x, y) in self.splits.items()}
+        self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
+        if self.bn_inputs is not None:
+            self.bn_inputs = self.bn_inputs.to(self.device)
+        return self
+
+    # -- how points share a pass ---------------------------------------------------------------
+    def points_per_pass(self, batch_size: int | None = None) -> int:
+        """How many points fit in one vmapped forward pass under the memory budget."""
+        b = min(batch_size or self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
+        n_params = sum(p.numel() for p in self._master.parameters())
+        per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
+        points = self.spec.memory_bytes // max(per_point, 1)
+        if not self._one_point_per_pass():
+            points = min(points, CPU_PASS_FLOATS // (self._per_sample * b))
+        return max(1, min(256, points))
+
+    def _one_point_per_pass(self, points: int = 0) -> bool:
+        """Evaluate point after point without vmap: for a single point, and on CPU for conv nets and for points
+        whose batch alone fills a cache-sized pass (vmapped passes only ran slower there)."""
+        b = min(self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
+        return points == 1 or self.device.type == "cpu" and (
+            self._channels_last or self._per_sample * b * 2 > CPU_PASS_FLOATS)
+
+    def _points_forward(self, model: nn.Module, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]
+                        ) -> Callable[[Tensor], Tensor]:
+        """``x (B, ...) -> (P, B, C)`` at the P stacked points: vmap over points, or a loop of plain passes."""
+        p = next(iter(stacked.values())).shape[0]
+
+        def forward(point: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            return functional_forward(model, point, buffers, x)
+
+        if not self._one_point_per_pass(p):
+            batched = vmap(forward, in_dims=(0, None))
+            return lambda x: batched(dict(stacked), x)  # type: ignore[no-any-return]
+        cl = self._channels_last and self.device.type == "cpu"
+        points = [{k: layout(v[i], cl) for k, v in stacked.items()} for i in range(p)]
+        return lambda x: torch.stack([forward(point, layout(x, cl)) for point in points])
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _batch_sums(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per-point sums over a batch of the loss, its square and correct predictions; ``out`` is (P, B, C)."""
+        p, b = out.shape[:2]
+        flat_out = out.reshape(p * b, *out.shape[2:])
+        flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
+        per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
+        sums = {"loss": per_sample.sum(dim=1), "square": per_sample.square().sum(dim=1)}
+        if self.classification:
+            sums["correct"] = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b).double().sum(dim=1)
+        return sums
+
+    def _metrics(self, split: str, sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Means (and subset standard errors) of a split from its float64 sums."""
+        n = self.splits[split][0].shape[0]
+        out = {f"{split}_loss": (sums["loss"] / n).cpu()}
+        if self.classification:
+            out[f"{split}_accuracy"] = (sums["correct"] / n).cpu()
+        if self.spec.subset is not None:
+            population = self.population[split]
+            out[f"{split}_loss{STDERR_SUFFIX}"] = mean_stderr(sums["loss"], sums["square"], n, population).cpu()
+            if self.classification:  # correctness is 0/1, so its square sum is its sum
+                acc = mean_stderr(sums["correct"], sums["correct"], n, population)
+                out[f"{split}_accuracy{STDERR_SUFFIX}"] = acc.cpu()
+        return out
+
+    def statistics_at(self, point: Mapping[str, Tensor]) -> ParamDict:
+        """The buffers to evaluate ``point`` with: BN statistics re-estimated there under ``recompute``, else the
+        model's (``states`` entries in ``point`` override them in the forward pass)."""
+        if self.bn_inputs is None:
+            return self.buffers
+        return recompute_statistics(self.model, point, self.buffers, self.bn_inputs, self.spec.batch_size)
+
+    @torch.no_grad()
+    def evaluate_stacked(self, stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Metrics at P points given stacked parameters ``{name: (P, *shape)}``; returns ``{metric: (P,)}``.
+
+        Under ``bn=recompute`` points are evaluated one by one (statistics are re-estimated per point).
+        """
+        p = next(iter(stacked.values())).shape[0]
+        if self.bn_inputs is not None:
+            rows = [self.evaluate_one({k: v[i] for k, v in stacked.items()}) for i in range(p)]
+            return {m: torch.tensor([r[m] for r in rows], dtype=torch.float64) for m in self.metric_names}
+        model = self.model
+        buffers = {k: v for k, v in self.buffers.items() if k not in stacked}
+        forward = self._points_forward(model, stacked, buffers)
+        results: dict[str, Tensor] = {}
+        for split, (x, y) in self.splits.items():
+            sums = sum_over_batches(lambda xb, yb: self._batch_sums(forward(xb), yb), x, y, self.spec.batch_size)
+            results.update(self._metrics(split, sums))
+        return results
+
+    def evaluate_coords(self, theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
+                        coords: Tensor) -> dict[str, Tensor]:
+        """Metrics at θ + Σᵢ coords[p, i] dᵢ for every row p of ``coords`` (P, m); returns ``{metric: (P,)}``.
+
+        Points are split into groups of :meth:`points_per_pass`; a group's result does not depend on which other
+        groups exist, so a resumed run reproduces an uninterrupted one exactly.
+        """
+        theta = {k: v.to(self.device) for k, v in theta.items()}
+        dirs = [{k: d[k].to(self.device) for k in theta} for d in directions]
+        coords = coords.to(self.device, torch.float64)
+        chunk = self.points_per_pass()
+        parts: list[dict[str, Tensor]] = []
+        for start in range(0, coords.shape[0], chunk):
+            stacked = stack_points(theta, dirs, coords[start:start + chunk])
+            parts.append(self.evaluate_stacked(stacked))
+        return {m: torch.cat([p[m] for p in parts]) for m in self.metric_names}
+
+    @torch.no_grad()
+    def evaluate_one(self, point: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None
+                     ) -> dict[str, float]:
+        """Metrics at a single point, one plain forward pass per batch.
+
+        ``buffers`` replaces the model's buffers (e.g. the BN statistics of a model being trained); otherwise
+        :meth:`statistics_at` decides them.
+        """
+        point = {k: v.to(self.device) for k, v in point.items()}
+        model = self.model
+        if buffers is not None:
+            buffers = {k: v.to(self.device) for k, v in buffers.items()}
+        else:
+            if self.bn_inputs is not None:  # statistics come from the data at this point, not from θ
+                point = {k: v for k, v in point.items() if k not in self.buffers}
+            buffers = self.statistics_at(point)
+        out: dict[str, float] = {}
+        for split, (x, y) in self.splits.items():
+            sums = sum_over_batches(
+                lambda xb, yb: self._batch_sums(functional_forward(model, point, buffers, xb)[None], yb),
+                x, y, self.spec.batch_size)
+            out.update({k: float(v[0]) for k, v in self._metrics(split, sums).items()})
+        return out
+
+
+__all__ = ["SPLITS", "EvalSpec", "Evaluator"]

@@ -1,0 +1,69 @@
+"""Per-sample losses: the built-ins, user losses from a spec, and the contract check.
+
+A loss maps ``(output (B, C), target (B, ...))`` to ``(B,)``: one value per sample. The engine sums these and
+divides by the split size once, so a loss that already averages (``reduction="mean"``) would silently divide
+everything by the batch size again. :func:`check_per_sample` probes a loss once on two samples and refuses any
+other shape with a one-line error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lossatlas.errors import UserInputError
+from lossatlas.specs import load_user_function, parse_spec
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""Per-sample loss: ``(output (B, C), target (B, ...)) -> (B,)``."""
+
+
+def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def _mse(out: Tensor, y: Tensor) -> Tensor:
+    if y.dtype in (torch.int64, torch.int32):
+        y = F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return ((out - y.reshape(out.shape)) ** 2).mean(dim=-1)
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
+"""``cross_entropy`` (classification) and ``mse`` (mean over outputs of the squared error; one-hot targets for
+integer labels)."""
+
+
+def resolve_loss(spec: str) -> LossFn:
+    """A per-sample loss from its name or ``module:function[:key=value,...]`` / ``file.py:function`` spec.
+
+    Keys are passed to the function as keyword arguments on every call, e.g.
+    ``torch.nn.functional:cross_entropy:reduction=none``.
+    """
+    parsed = parse_spec(spec, "loss", builtins=BUILTIN_LOSSES)
+    if parsed.builtin:
+        if parsed.options:
+            raise UserInputError(f"the built-in loss '{parsed.name}' takes no options; got '{spec}'")
+        return BUILTIN_LOSSES[parsed.name]
+    return load_user_function(parsed, "loss")  # type: ignore[return-value]
+
+
+def check_per_sample(loss_fn: LossFn, out: Tensor, y: Tensor, spec: str) -> None:
+    """One-line error unless ``loss_fn(out[:2], y[:2])`` has shape ``(2,)`` (one loss per sample)."""
+    b = min(2, int(out.shape[0]))
+    try:
+        value = loss_fn(out[:b], y[:b])
+    except Exception as exc:  # noqa: BLE001 - any failure here is the loss spec's fault
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"--loss {spec} failed on two samples of the data: {type(exc).__name__}: {first}") \
+            from None
+    shape = tuple(value.shape) if isinstance(value, Tensor) else None
+    if shape != (b,):
+        raise UserInputError(
+            f"--loss {spec} returned shape {shape} for {b} samples; lossatlas needs one loss per sample, "
+            f"shape ({b},): use reduction=\"none\" (e.g. --loss torch.nn.functional:cross_entropy:reduction=none)")
+
+
+__all__ = ["BUILTIN_LOSSES", "LossFn", "check_per_sample", "resolve_loss"]
