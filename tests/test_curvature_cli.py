@@ -85,7 +85,6 @@ def test_hessian_json_result_and_float32(toy, tmp_path) -> None:
     (["--params", "(("], "not a valid regular expression"),
     (["--tol", "0"], "--tol must be positive"),
     (["--top", "0"], "nothing to compute"),
-    (["--split", "valid"], "unknown split 'valid'"),
 ])
 def test_bad_inputs_are_one_line_errors(toy, tmp_path, args, fragment) -> None:
     result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--out", str(tmp_path / "r.zarr"), *args)

@@ -176,3 +176,16 @@ def test_worker_threads_share_nothing_mutable() -> None:
     t.start()
     t.join()
     assert seen[0] != id(ev.model)
+
+
+def test_choice_options_list_their_choices_in_one_line(tmp_path) -> None:
+    proc = run_cli("hessian", "--model", "zoo:mlp", "--data", "xor", "--split", "valid", "--out",
+                   str(tmp_path / "h.json"))
+    assert_one_line_error(proc, "'valid' is not one of 'train', 'test'")
+    proc = run_cli("train", "--model", "zoo:mlp", "--data", "xor", "--optimizer", "lbfgs", "--out", str(tmp_path))
+    assert_one_line_error(proc, "'lbfgs' is not one of")
+
+
+def test_flags_show_no_type_in_help() -> None:
+    result = CliRunner().invoke(app, ["surface", "--help"], env={"COLUMNS": "200"})
+    assert "<bool>" not in result.output and "--overwrite" in result.output and "MIN:MAX:N" in result.output

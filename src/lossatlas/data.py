@@ -83,6 +83,12 @@ class Dataset:
         if classification and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise _fail(f"dataset {self.name!r}: classification needs num_classes >= 1")
 
+    def __repr__(self) -> str:
+        test = f", test={tuple(self.x_test.shape[:1])[0]}" if self.x_test is not None else ", no test split"
+        kind = f"{self.num_classes} classes" if self.task == "classification" else f"{self.output_dim} targets"
+        return (f"Dataset({self.name!r}: {self.task}, {kind}, input {self.input_shape}, "
+                f"train={int(self.x_train.shape[0])}{test})")
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input, ``x_train.shape[1:]``."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,10 +30,21 @@ from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used 
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.errors import NonFiniteError, UserInputError
 
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    """Typer shows ``<bool>`` beside every flag (``--help`` too); a flag takes no value, so show nothing."""
+    if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+        return ""
+    return _option_type(self, ctx)  # type: ignore[no-any-return]
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lossatlas: loss landscapes of neural networks — surfaces, curvature, paths, studies.")
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,25 +114,46 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
 
 
 # -- shared option types --------------------------------------------------------------------------
-ModelOpt = Annotated[str, typer.Option("--model", help="zoo:NAME[:k=v,...], file.py:function or module:function.")]
-DataOpt = Annotated[str, typer.Option("--data", help="mnist1d, digits, teacher, xor, jellyfish, spirals, "
-                                                     "file.npz, file.py:function or module:function.")]
-CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Weights (.safetensors or .pt).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice; stored with the result.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per forward pass.")]
-LossOpt = Annotated[str, typer.Option("--loss", help="cross_entropy, mse, or module:function (per-sample).")]
-BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: eval, recompute or states.")]
-OutStoreOpt = Annotated[Path, typer.Option("--out", help="Result store (a .zarr directory).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store of another run.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Run on a local Dask cluster of N worker "
-                                                                  "processes (one thread each).")]
-SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Run on an existing Dask cluster: its "
-                                                                      "scheduler address, tcp://HOST:8786.")]
-SubsetOpt = Annotated[str | None, typer.Option("--subset", help="Evaluate on one fixed stratified subset: "
-                                                                "FRACTION (0.1) or COUNT (500); stores *_stderr.")]
-MemoryOpt = Annotated[str, typer.Option("--memory", help="Memory for one batched pass (e.g. 2GB); decides how "
-                                                         "many points share a pass.")]
+ModelOpt = Annotated[str, typer.Option("--model", metavar="SPEC", help="zoo:NAME[:key=value,...], "
+                                                                       "file.py:function[:key=value,...] or "
+                                                                       "package.module:function.")]
+DataOpt = Annotated[str, typer.Option("--data", metavar="SPEC", help="mnist1d, digits, teacher, xor, jellyfish, "
+                                                                     "spirals [:key=value,...], file.npz, "
+                                                                     "file.py:function or module:function.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE",
+                                                    help="Weights (.safetensors or .pt); without it the model's "
+                                                         "untrained initial weights are used.")]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of every random choice; stored with the "
+                                                                  "result.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", help="Samples per forward pass.")]
+LossOpt = Annotated[str, typer.Option("--loss", metavar="SPEC", help="cross_entropy, mse, or "
+                                                                     "module:function[:key=value,...] returning one "
+                                                                     "loss per sample.")]
+BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics at a point: stored (eval), "
+                                                      "re-estimated on the training split (recompute), or "
+                                                      "perturbed with the weights (states, needs --ignore none).")]
+OutStoreOpt = Annotated[Path, typer.Option("--out", metavar="PATH", help="Result store (a .zarr directory).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing result, discarding its "
+                                                                "progress.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", metavar="N", help="Run on a local Dask cluster of N "
+                                                                               "worker processes (one thread each).")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS",
+                                                  help="Run on an existing Dask cluster: its scheduler address, "
+                                                       "tcp://HOST:8786.")]
+SubsetOpt = Annotated[str | None, typer.Option("--subset", metavar="FRACTION|COUNT",
+                                               help="Evaluate on one fixed stratified subset (0.1 or 500); stores "
+                                                    "*_stderr.")]
+MemoryOpt = Annotated[str, typer.Option("--memory", metavar="SIZE", help="Memory for one batched pass (e.g. 2GB); "
+                                                                         "decides how many points share a pass.")]
+GridOpt = "MIN:MAX:N"
+
+
+class Split(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
+    """A split of the data."""
+
+    train = "train"
+    test = "test"
 
 
 class DirectionKind(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)

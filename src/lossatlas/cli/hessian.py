@@ -18,6 +18,7 @@ from lossatlas.cli.common import (
     OverwriteOpt,
     Precision,
     SeedOpt,
+    Split,
     app,
     check_device,
     console,
@@ -45,7 +46,7 @@ def hessian(model: ModelOpt, data: DataOpt,
                                                            "default 1e-6 (float64), 1e-3 (float32).")] = None,
             dtype: Annotated[Precision, typer.Option(help="Arithmetic of the products.")] = Precision.float64,
             params: Annotated[str | None, typer.Option(help="Regex selecting parameter names.")] = None,
-            split: Annotated[str, typer.Option(help="train or test.")] = "train",
+            split: Annotated[Split, typer.Option(help="The split whose loss is differentiated.")] = Split.train,
             max_hvps: Annotated[int, typer.Option(help="Product budget of each Lanczos run.")] = 1000,
             probes: Annotated[int, typer.Option(help="Density probes.")] = 5,
             bins: Annotated[int, typer.Option(help="Density grid points.")] = 100,
@@ -57,9 +58,9 @@ def hessian(model: ModelOpt, data: DataOpt,
     from lossatlas.viz.plot import plot_spectrum
 
     spec = HessianSpec(top=top, bottom=bottom, trace=trace, density=density, critical=critical, tol=tol,
-                       dtype=dtype.value, params=params, split=split, max_hvps=max_hvps, probes=probes,
+                       dtype=dtype.value, params=params, split=split.value, max_hvps=max_hvps, probes=probes,
                        bins=bins, seed=seed)
-    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, splits=(split,))
+    espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, splits=(split.value,))
     if out.exists() and not overwrite:
         raise UserInputError(f"'{out}' already exists; choose another --out or pass --overwrite")
     dataset, net, provenance = load_problem(model, data, checkpoint)

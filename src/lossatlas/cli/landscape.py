@@ -40,8 +40,10 @@ from lossatlas.execute import make_executor, parse_memory
 @app.command()
 @user_errors
 def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
-            x: Annotated[str, typer.Option("--x", help="MIN:MAX:N along the first direction.")] = "-1:1:51",
-            y: Annotated[str | None, typer.Option("--y", help="MIN:MAX:N along a second direction (2D).")] = None,
+            x: Annotated[str, typer.Option("--x", metavar="MIN:MAX:N", help="Grid along the first direction.")
+                         ] = "-1:1:51",
+            y: Annotated[str | None, typer.Option("--y", metavar="MIN:MAX:N", help="Grid along a second direction "
+                                                                                   "(2D).")] = None,
             checkpoint: CheckpointOpt = None,
             norm: Annotated[Norm, typer.Option(help="Direction normalisation.")] = Norm.filter,
             ignore: Annotated[Ignore, typer.Option(help="biasbn: zero direction for 1-D tensors.")] = Ignore.biasbn,
@@ -78,9 +80,9 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
 @app.command()
 @user_errors
 def interpolate(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
-                checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model A (α = 0).")],
-                checkpoint2: Annotated[Path, typer.Option("--checkpoint2", help="Model B (α = 1).")],
-                x: Annotated[str, typer.Option("--x", help="MIN:MAX:N values of α.")] = "-0.5:1.5:41",
+                checkpoint: Annotated[Path, typer.Option("--checkpoint", metavar="FILE", help="Model A (α = 0).")],
+                checkpoint2: Annotated[Path, typer.Option("--checkpoint2", metavar="FILE", help="Model B (α = 1).")],
+                x: Annotated[str, typer.Option("--x", metavar="MIN:MAX:N", help="Values of α.")] = "-0.5:1.5:41",
                 bn: BNOpt = BNPolicy.eval, loss: LossOpt = "cross_entropy", batch_size: BatchOpt = 1000,
                 overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu", workers: WorkersOpt = None,
                 scheduler: SchedulerOpt = None, subset: SubsetOpt = None, memory: MemoryOpt = "1GiB") -> None:

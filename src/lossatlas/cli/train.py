@@ -19,6 +19,7 @@ from lossatlas.cli.common import (
     progress_bar,
     user_errors,
 )
+from lossatlas.training import OptimizerName
 
 
 @app.command()
@@ -28,7 +29,7 @@ def train(model: ModelOpt, data: DataOpt,
           epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
           batch_size: BatchOpt = 128,
           lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.05,
-          optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+          optimizer: Annotated[OptimizerName, typer.Option(help="The optimiser.")] = OptimizerName.sgd,
           momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
           weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
           seed: SeedOpt = 0,
