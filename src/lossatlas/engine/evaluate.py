@@ -7,7 +7,10 @@ in float64.
 
 Points are evaluated several at a time with ``torch.func.vmap`` over stacked parameter dicts; the result equals a
 plain per-point loop to float rounding. On CPU a point whose batch already fills a cache-sized pass runs alone,
-without vmap, and conv nets run in channels-last layout (:mod:`lossatlas.engine.passes`).
+without vmap, and conv nets run in channels-last layout (:mod:`lossatlas.engine.passes`). Points that run alone
+are loaded into an inference copy of the model once per point, with Linear(+ReLU) fused on CPU
+(:mod:`lossatlas.engine.inference`), and when the logits of a whole split fit a cache-sized pass their metrics are
+reduced once per point, not once per batch.
 
 Thread safety: each thread that evaluates gets its own copy of the model (``functional_call`` swaps tensors into
 a module, and BatchNorm re-estimation hooks into it), so a Dask worker with several threads gives the numbers of
@@ -26,10 +29,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from lossatlas.engine.batches import sum_over_batches
+from lossatlas.engine.batches import batch_slices, sum_over_batches
 from lossatlas.engine.bn import BNPolicy, has_batchnorm, recompute_statistics
-from lossatlas.engine.losses import check_per_sample, resolve_loss
-from lossatlas.engine.passes import CPU_PASS_FLOATS, activation_numel_per_sample, channels_last_works, layout
+from lossatlas.engine.inference import PointModel, fused_matches
+from lossatlas.engine.losses import BUILTIN_LOSSES, check_per_sample, cross_entropy_and_correct, resolve_loss
+from lossatlas.engine.passes import (
+    CPU_PASS_FLOATS,
+    POINT_LOGITS_FLOATS,
+    activation_numel_per_sample,
+    channels_last_works,
+    layout,
+)
 from lossatlas.engine.subset import STDERR_SUFFIX, check_subset, mean_stderr, subset_indices
 from lossatlas.errors import UserInputError
 from lossatlas.params import ParamDict, buffers_of, float_buffer_names, functional_forward, private_copy, stack_points
@@ -119,9 +129,26 @@ class Evaluator:
             self.bn_inputs = (self.splits["train"] if "train" in self.splits else self._draw(data, "train"))[0]
         x0, y0 = next(iter(self.splits.values()))
         with torch.no_grad():
-            check_per_sample(self.loss_fn, self.model(x0[:2]), y0[:2], self.spec.loss)
+            probe = self.model(x0[:2])
+        check_per_sample(self.loss_fn, probe, y0[:2], self.spec.loss)
         self._per_sample = activation_numel_per_sample(self.model, x0)
+        self._out_per_sample = int(probe[0].numel())
         self._channels_last = self.device.type == "cpu" and channels_last_works(self.model, x0, self.buffers)
+        # cross-entropy and accuracy from transposed logits: the built-in loss, integer labels in range
+        self._fast_cross_entropy = (self.loss_fn is BUILTIN_LOSSES["cross_entropy"] and self.classification
+                                    and probe.dim() == 2 and all(
+                                        y.dim() == 1 and not y.is_floating_point() and y.numel() > 0
+                                        and 0 <= int(y.min()) and int(y.max()) < probe.shape[1]
+                                        for _, y in self.splits.values()))
+        self._fuse = self.device.type == "cpu"
+        if self._fuse:  # check the fused copy once against the plain model; keep it as this thread's copy
+            fused = self.point_model
+            cl = self._channels_last
+            self._fuse = fused.fused > 0 and fused_matches(
+                self.model, fused, {k: layout(v, cl) for k, v in self.theta().items()}, self.buffers,
+                layout(x0[:4], cl))
+            if not self._fuse:
+                self._local.__dict__.pop("point_model", None)
 
     def _draw(self, data: Dataset, split: str) -> tuple[Tensor, Tensor]:
         x, y = data.split(split)
@@ -139,9 +166,20 @@ class Evaluator:
         local = self._local.__dict__
         if local.get("device") != self.device:
             with self._lock:
+                local.pop("point_model", None)
                 local["model"] = copy.deepcopy(self._master)
                 local["device"] = self.device
         return local["model"]  # type: ignore[no-any-return]
+
+    @property
+    def point_model(self) -> PointModel:
+        """This thread's inference copy for the point-by-point path (:mod:`lossatlas.engine.inference`)."""
+        self.model  # noqa: B018 - resets this thread's copies when the device changed
+        local = self._local.__dict__
+        if "point_model" not in local:
+            with self._lock:
+                local["point_model"] = PointModel(self._master, fuse=self._fuse and self.device.type == "cpu")
+        return local["point_model"]  # type: ignore[no-any-return]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -203,31 +241,31 @@ class Evaluator:
         return points == 1 or self.device.type == "cpu" and (
             self._channels_last or self._per_sample * b * 2 > CPU_PASS_FLOATS)
 
-    def _points_forward(self, model: nn.Module, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]
-                        ) -> Callable[[Tensor], Tensor]:
-        """``x (B, ...) -> (P, B, C)`` at the P stacked points: vmap over points, or a loop of plain passes."""
-        p = next(iter(stacked.values())).shape[0]
+    def _vmapped_forward(self, model: nn.Module, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]
+                         ) -> Callable[[Tensor], Tensor]:
+        """``x (B, ...) -> (P, B, C)`` at the P stacked points in one vmapped pass."""
 
         def forward(point: Mapping[str, Tensor], x: Tensor) -> Tensor:
             return functional_forward(model, point, buffers, x)
 
-        if not self._one_point_per_pass(p):
-            batched = vmap(forward, in_dims=(0, None))
-            return lambda x: batched(dict(stacked), x)  # type: ignore[no-any-return]
-        cl = self._channels_last and self.device.type == "cpu"
-        points = [{k: layout(v[i], cl) for k, v in stacked.items()} for i in range(p)]
-        return lambda x: torch.stack([forward(point, layout(x, cl)) for point in points])
+        batched = vmap(forward, in_dims=(0, None))
+        return lambda x: batched(dict(stacked), x)  # type: ignore[no-any-return]
 
     # -- evaluation ----------------------------------------------------------------------------
     def _batch_sums(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Per-point sums over a batch of the loss, its square and correct predictions; ``out`` is (P, B, C)."""
         p, b = out.shape[:2]
-        flat_out = out.reshape(p * b, *out.shape[2:])
-        flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
-        per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
+        if self._fast_cross_entropy:
+            per_sample, correct = cross_entropy_and_correct(out, y)
+        else:
+            flat_out = out.reshape(p * b, *out.shape[2:])
+            flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
+            per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
+            if self.classification:
+                correct = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b)
         sums = {"loss": per_sample.sum(dim=1), "square": per_sample.square().sum(dim=1)}
         if self.classification:
-            sums["correct"] = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b).double().sum(dim=1)
+            sums["correct"] = correct.sum(dim=1, dtype=torch.float64)
         return sums
 
     def _metrics(self, split: str, sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -261,13 +299,41 @@ class Evaluator:
         if self.bn_inputs is not None:
             rows = [self.evaluate_one({k: v[i] for k, v in stacked.items()}) for i in range(p)]
             return {m: torch.tensor([r[m] for r in rows], dtype=torch.float64) for m in self.metric_names}
-        model = self.model
         buffers = {k: v for k, v in self.buffers.items() if k not in stacked}
-        forward = self._points_forward(model, stacked, buffers)
+        if self._one_point_per_pass(p):
+            return self._point_by_point(stacked, buffers)
+        forward = self._vmapped_forward(self.model, stacked, buffers)
         results: dict[str, Tensor] = {}
         for split, (x, y) in self.splits.items():
             sums = sum_over_batches(lambda xb, yb: self._batch_sums(forward(xb), yb), x, y, self.spec.batch_size)
             results.update(self._metrics(split, sums))
+        return results
+
+    def _point_by_point(self, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Metrics at the P stacked points, one after another: each point is loaded into this thread's inference
+        copy once, then runs one plain forward pass per batch. When the logits of a whole split fit a cache-sized
+        pass, they are collected and reduced once per point (the same float64 sums as batch by batch)."""
+        model = self.point_model
+        cl = self._channels_last and self.device.type == "cpu"
+        p = next(iter(stacked.values())).shape[0]
+        bs = self.spec.batch_size
+        batches = {split: [layout(x[s], cl) for s in batch_slices(int(x.shape[0]), bs)]
+                   if int(x.shape[0]) * self._out_per_sample <= POINT_LOGITS_FLOATS else None
+                   for split, (x, _) in self.splits.items()}
+        sums: dict[str, list[dict[str, Tensor]]] = {split: [] for split in self.splits}
+        model.load(buffers)
+        for i in range(p):
+            model.load({k: layout(v[i], cl) for k, v in stacked.items()})
+            for split, (x, y) in self.splits.items():
+                chunks = batches[split]
+                if chunks is not None:
+                    sums[split].append(self._batch_sums(torch.cat([model(xb) for xb in chunks])[None], y))
+                else:
+                    sums[split].append(sum_over_batches(
+                        lambda xb, yb: self._batch_sums(model(layout(xb, cl))[None], yb), x, y, bs))
+        results: dict[str, Tensor] = {}
+        for split, parts in sums.items():
+            results.update(self._metrics(split, {k: torch.cat([s[k] for s in parts]) for k in parts[0]}))
         return results
 
     def evaluate_coords(self, theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],

@@ -17,6 +17,10 @@ CPU_PASS_FLOATS = 1 << 21
 """Activations (floats) of one vmapped pass on CPU: 8 MiB stays cache-sized; bigger passes ran slower per point
 than one point at a time on the benchmark MLP and CNN (``benchmarks/surface.py``)."""
 
+POINT_LOGITS_FLOATS = CPU_PASS_FLOATS
+"""Point by point, the outputs of a whole split are collected and reduced once per point (not once per batch) when
+they hold at most this many floats: the metric kernels then run once over all samples, not once per batch."""
+
 
 def activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:
     """Sum of output sizes of every leaf module for one sample (a memory estimate for vmap)."""
@@ -57,4 +61,4 @@ def channels_last_works(model: nn.Module, x: Tensor, buffers: Mapping[str, Tenso
     return ref.shape == got.shape and bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
 
 
-__all__ = ["CPU_PASS_FLOATS", "activation_numel_per_sample", "channels_last_works", "layout"]
+__all__ = ["CPU_PASS_FLOATS", "POINT_LOGITS_FLOATS", "activation_numel_per_sample", "channels_last_works", "layout"]
