@@ -160,15 +160,16 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
         ll_theta, ll_dirs, ll_coords = loss_landscapes_points(model, steps)
 
     times: dict[str, list[float]] = {"loss_landscapes": [], "lossatlas": [], "lossatlas_engine": []}
-    for _ in range(repeats):  # alternate the tools so both see the same machine load
+    for repeat in range(repeats):  # alternate the tools so both see the same machine load
         if loss_landscapes is not None:
             subject = copy.deepcopy(model).eval()
             seconds, ll_grid = timed(lambda subject=subject: loss_landscapes_plane(subject, x, y, steps))
             times["loss_landscapes"].append(seconds)
             seconds, engine = timed(lambda: evaluator.evaluate_coords(ll_theta, ll_dirs, ll_coords))
             times["lossatlas_engine"].append(seconds)
-        seconds, ds = timed(lambda: surface(model, data, x=axis, y=axis, eval_spec=spec,
-                                            out=workdir / f"{problem.name}.zarr", overwrite=True))
+        # a new store each time, as a first run writes it (not timing the deletion of the previous repeat's)
+        out = workdir / f"{problem.name}-{repeat}.zarr"
+        seconds, ds = timed(lambda out=out: surface(model, data, x=axis, y=axis, eval_spec=spec, out=out))
         times["lossatlas"].append(seconds)
 
     row["seconds"] = times

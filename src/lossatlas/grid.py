@@ -29,7 +29,7 @@ from lossatlas.engine import Evaluator
 from lossatlas.errors import UserInputError
 from lossatlas.execute import Executor, InProcessExecutor, WorkUnit
 from lossatlas.params import ParamDict
-from lossatlas.store import open_surface, prepare_store, update_attrs, write_directions, write_region
+from lossatlas.store import RegionWriter, open_surface, prepare_store, update_attrs, write_directions
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(points_done, points_total)`` after every finished chunk."""
@@ -185,8 +185,9 @@ def run_grid(task: GridTask, axes: Mapping[str, np.ndarray], out: str | Path, at
     if progress:
         progress(finished, total)
     update_attrs(out, status="running")
+    writer = RegionWriter(out)
     for unit, values in (executor or InProcessExecutor()).run(task, todo):
-        write_region(out, unit.region, values)
+        writer.write(unit.region, values)
         finished += len(unit.coords)
         if progress:
             progress(finished, total)

@@ -91,11 +91,11 @@ def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: S
     return np.zeros(shape, dtype=bool)
 
 
-def _region_writes(group: Any, region: Mapping[str, slice],
-                   values: Mapping[str, np.ndarray]) -> list[tuple[Any, tuple[slice, ...], np.ndarray]]:
+def _region_writes(arrays: Mapping[str, Any], region: Mapping[str, slice],
+                   values: Mapping[str, np.ndarray | None]) -> list[tuple[Any, tuple[slice, ...], np.ndarray]]:
     writes = []
     for name, v in values.items():
-        array = group[name]
+        array = arrays[name]
         dims = array.metadata.dimension_names or tuple(region)
         index = tuple(region[d] for d in dims)
         shape = tuple(s.stop - s.start for s in index)
@@ -104,31 +104,44 @@ def _region_writes(group: Any, region: Mapping[str, slice],
     return writes
 
 
-def _write_all(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]]) -> None:
-    """Write several zarr arrays; concurrently through zarr's async API when it has one (zarr 3)."""
+def _write_phases(*phases: list[tuple[Any, tuple[slice, ...], np.ndarray]]) -> None:
+    """Write zarr arrays phase after phase (a phase finishes before the next starts), each phase's arrays
+    concurrently through zarr's async API when it has one (zarr 3): one round trip to zarr's event loop."""
     try:
         import asyncio
 
         from zarr.core.sync import sync
 
         async def all_writes() -> None:
-            await asyncio.gather(*(a._async_array.setitem(i, d) for a, i, d in writes))
+            for writes in phases:
+                await asyncio.gather(*(a._async_array.setitem(i, d) for a, i, d in writes))
 
         sync(all_writes())
     except (ImportError, AttributeError):
-        for array, index, data in writes:
-            array[index] = data
+        for writes in phases:
+            for array, index, data in writes:
+                array[index] = data
+
+
+class RegionWriter:
+    """Writes finished points into one store, its arrays opened once (a grid writes a region per work unit).
+
+    Each :meth:`write` puts the metric values first, then the ``completed`` flags of the same region (dims read
+    from each array's ``dimension_names``), so a process killed between the two leaves the points marked
+    unfinished and they are recomputed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._arrays = dict(zarr.open_group(str(path), mode="r+").arrays())
+
+    def write(self, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
+        _write_phases(_region_writes(self._arrays, region, values),
+                      _region_writes(self._arrays, region, {COMPLETED: None}))
 
 
 def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
-    """Write finished points: metric values first, then the ``completed`` flags of the same region.
-
-    A region write straight into the zarr arrays (dims read from each array's ``dimension_names``), so a
-    process killed between the two steps leaves the points marked unfinished and they are recomputed.
-    """
-    group = zarr.open_group(str(path), mode="r+")
-    _write_all(_region_writes(group, region, values))
-    _write_all(_region_writes(group, region, {COMPLETED: None}))  # type: ignore[dict-item]
+    """Write finished points of one region (values, then ``completed``); see :class:`RegionWriter`."""
+    RegionWriter(path).write(region, values)
 
 
 def update_attrs(path: str | Path, **attrs: Any) -> None:
@@ -138,14 +151,33 @@ def update_attrs(path: str | Path, **attrs: Any) -> None:
 
 def write_directions(path: str | Path, directions: Sequence[Mapping[str, torch.Tensor]],
                      axes: Sequence[str]) -> None:
-    """Store the normalised directions under ``directions/<axis>/<name>`` (names kept in attrs)."""
+    """Store the normalised directions under ``directions/<axis>/<name>`` (names kept in attrs).
+
+    The arrays are created and filled concurrently through zarr's async API (zarr 3): one round trip to zarr's
+    event loop instead of two per parameter.
+    """
     root = zarr.open_group(str(path), mode="a")
     group = root.require_group(_DIRECTIONS)
+    jobs = []
     for axis, d in zip(axes, directions, strict=True):
         sub = group.require_group(axis)
         sub.attrs["names"] = list(d)
-        for name, t in d.items():
-            arr = t.detach().cpu().numpy()
+        jobs += [(sub, name, t.detach().cpu().numpy()) for name, t in d.items()]
+    try:
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def create_and_fill(sub: Any, name: str, arr: np.ndarray) -> None:
+            z = await sub._async_group.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)
+            await z.setitem(Ellipsis, arr)
+
+        async def all_arrays() -> None:
+            await asyncio.gather(*(create_and_fill(*job) for job in jobs))
+
+        sync(all_arrays())
+    except (ImportError, AttributeError):
+        for sub, name, arr in jobs:
             z = sub.create_array(name, shape=arr.shape, dtype=arr.dtype, overwrite=True)
             z[...] = arr
     group.attrs["axes"] = list(axes)
