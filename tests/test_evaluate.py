@@ -63,19 +63,23 @@ def test_points_per_pass_does_not_change_values(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(small, "points_per_pass", lambda *a: 1)
     monkeypatch.setattr(big, "_one_point_per_pass", lambda points=0: False)
     assert big.points_per_pass() >= len(COORDS)
-    passes = {"small": 0, "big": 0}
-    for name, ev in (("small", small), ("big", big)):
-        real = ev.evaluate_stacked
+    passes: dict[str, list[int]] = {"small": [], "big": []}  # points per pass
+    real_one, real_stacked = small._point_by_point, big.evaluate_stacked
 
-        def counted(stacked, real=real, name=name):  # type: ignore[no-untyped-def]
-            passes[name] += 1
-            return real(stacked)
+    def one_by_one(point, p, buffers):  # type: ignore[no-untyped-def]
+        passes["small"].append(p)
+        return real_one(point, p, buffers)
 
-        monkeypatch.setattr(ev, "evaluate_stacked", counted)
+    def stacked(points):  # type: ignore[no-untyped-def]
+        passes["big"].append(next(iter(points.values())).shape[0])
+        return real_stacked(points)
+
+    monkeypatch.setattr(small, "_point_by_point", one_by_one)
+    monkeypatch.setattr(big, "evaluate_stacked", stacked)
     theta = small.theta()
     dirs = random_directions(theta, DirectionSpec(seed=0), 2)
     a, b = small.evaluate_coords(theta, dirs, COORDS), big.evaluate_coords(theta, dirs, COORDS)
-    assert passes == {"small": len(COORDS), "big": 1}
+    assert passes == {"small": [1] * len(COORDS), "big": [len(COORDS)]}
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-9)
 

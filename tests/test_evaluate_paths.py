@@ -16,7 +16,7 @@ from lossatlas.engine import evaluate as evaluate_module
 from lossatlas.engine.inference import PointModel, fuse_linear_relu
 from lossatlas.engine.losses import cross_entropy_and_correct
 from lossatlas.engine.passes import CPU_PASS_FLOATS as _CPU_PASS_FLOATS
-from lossatlas.params import add_scaled
+from lossatlas.params import add_scaled, stack_points
 from tests.conftest import bn_cnn, make_classification, mlp
 
 COORDS = torch.tensor([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]], dtype=torch.float64)
@@ -185,3 +185,20 @@ def test_point_by_point_chunkings_give_the_plain_numbers(collect: bool, monkeypa
                 np.testing.assert_allclose(float(results[-1][f"{split}_accuracy"][p]), acc, rtol=1e-12)
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["wide_mlp", "bn_cnn"])
+def test_points_built_on_the_fly_equal_stacked_points(model: str) -> None:
+    """evaluate_coords builds each point when it runs (θ + c₁d₁ + c₂d₂ into a reused buffer); evaluate_stacked
+    reads it from stack_points: the same metrics, and the same as the plain reference."""
+    image = model == "bn_cnn"
+    ev = Evaluator(bn_cnn() if image else mlp(hidden=4096), make_classification(n=300, image=image),
+                   EvalSpec(batch_size=300))
+    assert ev._one_point_per_pass(len(COORDS))
+    theta = ev.theta()
+    dirs = random_directions(theta, DirectionSpec(ignore=Ignore.none, seed=4), 2)
+    built = ev.evaluate_coords(theta, dirs, COORDS)
+    stacked = ev.evaluate_stacked(stack_points(theta, dirs, COORDS))
+    for name in built:
+        torch.testing.assert_close(built[name], stacked[name], rtol=1e-6, atol=1e-9)
+    _check_against_reference(ev)

@@ -301,7 +301,7 @@ class Evaluator:
             return {m: torch.tensor([r[m] for r in rows], dtype=torch.float64) for m in self.metric_names}
         buffers = {k: v for k, v in self.buffers.items() if k not in stacked}
         if self._one_point_per_pass(p):
-            return self._point_by_point(stacked, buffers)
+            return self._point_by_point(lambda i: {k: v[i] for k, v in stacked.items()}, p, buffers)
         forward = self._vmapped_forward(self.model, stacked, buffers)
         results: dict[str, Tensor] = {}
         for split, (x, y) in self.splits.items():
@@ -309,13 +309,15 @@ class Evaluator:
             results.update(self._metrics(split, sums))
         return results
 
-    def _point_by_point(self, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Metrics at the P stacked points, one after another: each point is loaded into this thread's inference
-        copy once, then runs one plain forward pass per batch. When the logits of a whole split fit a cache-sized
-        pass, they are collected and reduced once per point (the same float64 sums as batch by batch)."""
+    @torch.no_grad()
+    def _point_by_point(self, point: Callable[[int], Mapping[str, Tensor]], p: int, buffers: Mapping[str, Tensor]
+                        ) -> dict[str, Tensor]:
+        """Metrics at P points ``point(0), ..., point(P - 1)``, one after another: each point is loaded into this
+        thread's inference copy once, then runs one plain forward pass per batch. When the logits of a whole split
+        fit a cache-sized pass, they are collected and reduced once per point (the same float64 sums as batch by
+        batch)."""
         model = self.point_model
         cl = self._channels_last and self.device.type == "cpu"
-        p = next(iter(stacked.values())).shape[0]
         bs = self.spec.batch_size
         batches = {split: [layout(x[s], cl) for s in batch_slices(int(x.shape[0]), bs)]
                    if int(x.shape[0]) * self._out_per_sample <= POINT_LOGITS_FLOATS else None
@@ -323,7 +325,7 @@ class Evaluator:
         sums: dict[str, list[dict[str, Tensor]]] = {split: [] for split in self.splits}
         model.load(buffers)
         for i in range(p):
-            model.load({k: layout(v[i], cl) for k, v in stacked.items()})
+            model.load({k: layout(v, cl) for k, v in point(i).items()})
             for split, (x, y) in self.splits.items():
                 chunks = batches[split]
                 if chunks is not None:
@@ -349,8 +351,14 @@ class Evaluator:
         chunk = self.points_per_pass()
         parts: list[dict[str, Tensor]] = []
         for start in range(0, coords.shape[0], chunk):
-            stacked = stack_points(theta, dirs, coords[start:start + chunk])
-            parts.append(self.evaluate_stacked(stacked))
+            part = coords[start:start + chunk]
+            if self.bn_inputs is None and self._one_point_per_pass(len(part)):  # each point built when it runs
+                buffers = {k: v for k, v in self.buffers.items() if k not in theta}
+                scratch = {k: torch.empty_like(v) for k, v in theta.items()}
+                parts.append(self._point_by_point(lambda i, part=part, scratch=scratch: _point_at(
+                    theta, dirs, part[i].tolist(), scratch), len(part), buffers))
+            else:
+                parts.append(self.evaluate_stacked(stack_points(theta, dirs, part)))
         return {m: torch.cat([p[m] for p in parts]) for m in self.metric_names}
 
     @torch.no_grad()
@@ -376,6 +384,20 @@ class Evaluator:
                 x, y, self.spec.batch_size)
             out.update({k: float(v[0]) for k, v in self._metrics(split, sums).items()})
         return out
+
+
+def _point_at(theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coefficients: list[float],
+              out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """θ + Σᵢ cᵢ dᵢ written into ``out`` (reused from point to point); the values of
+    :func:`lossatlas.params.add_scaled` (θ + c₁d₁, then + c₂d₂, ...)."""
+    for k, t in theta.items():
+        if not directions:
+            out[k].copy_(t)
+            continue
+        torch.add(t, directions[0][k], alpha=coefficients[0], out=out[k])
+        for d, c in zip(directions[1:], coefficients[1:], strict=True):
+            out[k].add_(d[k], alpha=c)
+    return out
 
 
 __all__ = ["SPLITS", "EvalSpec", "Evaluator"]
