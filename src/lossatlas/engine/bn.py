@@ -116,7 +116,7 @@ def recompute_statistics(model: nn.Module, point: Mapping[str, Tensor], buffers:
     for name in _execution_order(model, point, out, x):
         prefix = f"{name}." if name else ""
         layer = layers[name]
-        m = sum_over_batches(lambda xb, _yb, layer=layer: _channel_moments(model, layer, point, out, xb),
+        m = sum_over_batches(lambda xb, _yb, layer=layer: _channel_moments(model, layer, point, out, xb),  # type: ignore[misc]
                              x, y, batch_size)
         n = counts[prefix] = float(m["n"])
         mean = m["s1"] / n

@@ -23,6 +23,7 @@ import copy
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -355,8 +356,8 @@ class Evaluator:
             if self.bn_inputs is None and self._one_point_per_pass(len(part)):  # each point built when it runs
                 buffers = {k: v for k, v in self.buffers.items() if k not in theta}
                 scratch = {k: torch.empty_like(v) for k, v in theta.items()}
-                parts.append(self._point_by_point(lambda i, part=part, scratch=scratch: _point_at(
-                    theta, dirs, part[i].tolist(), scratch), len(part), buffers))
+                rows = part.tolist()
+                parts.append(self._point_by_point(partial(_point_at, theta, dirs, rows, scratch), len(part), buffers))
             else:
                 parts.append(self.evaluate_stacked(stack_points(theta, dirs, part)))
         return {m: torch.cat([p[m] for p in parts]) for m in self.metric_names}
@@ -386,10 +387,11 @@ class Evaluator:
         return out
 
 
-def _point_at(theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coefficients: list[float],
-              out: dict[str, Tensor]) -> dict[str, Tensor]:
-    """θ + Σᵢ cᵢ dᵢ written into ``out`` (reused from point to point); the values of
+def _point_at(theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coords: list[list[float]],
+              out: dict[str, Tensor], p: int) -> dict[str, Tensor]:
+    """θ + Σᵢ coords[p][i] dᵢ written into ``out`` (reused from point to point); the values of
     :func:`lossatlas.params.add_scaled` (θ + c₁d₁, then + c₂d₂, ...)."""
+    coefficients = coords[p]
     for k, t in theta.items():
         if not directions:
             out[k].copy_(t)

@@ -21,14 +21,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _onednn_linear_available() -> bool:
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def _onednn_linear() -> Any:
+    """oneDNN's fused inner product (``mkldnn::_linear_pointwise``, its default overload), or None without it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class FusedLinear(nn.Module):
@@ -43,20 +50,32 @@ class FusedLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self.relu = relu
+        self._attr = "relu" if relu else "none"
+        self._onednn = _onednn_linear()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # a few µs of Python matter: this runs per layer and batch
         w, b = self.weight, self.bias
-        if (not torch.is_grad_enabled() and x.dim() >= 2 and x.is_cpu and w.is_cpu
-                and x.dtype == w.dtype == torch.float32 and (b is None or b.dtype == torch.float32)):
-            lead = x.shape[:-1]
-            out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, b,
-                                                     "relu" if self.relu else "none", [], "")
-            return out.reshape(*lead, out.shape[-1])
+        if (x.dim() == 2 and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu and w.is_cpu
+                and not torch.is_grad_enabled() and self._onednn is not None
+                and (b is None or b.dtype is torch.float32)):
+            return self._onednn(x, w, b, self._attr, [], "")  # type: ignore[no-any-return]
         out = F.linear(x, w, b)
         return torch.relu(out) if self.relu else out
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, relu={self.relu}"
+
+
+class _FusedSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose forward skips the ``nn.Identity`` left where a ReLU moved into a
+    :class:`FusedLinear` (indexing and parameter names unchanged)."""
+
+    _run: list[nn.Module]
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        for module in self._run:
+            x = module(x)
+        return x
 
 
 def _plain(module: nn.Module) -> bool:
@@ -66,13 +85,16 @@ def _plain(module: nn.Module) -> bool:
 
 def fuse_linear_relu(model: nn.Module) -> int:
     """Replace, in place, every exact ``nn.Linear`` by a :class:`FusedLinear`; inside an exact ``nn.Sequential``
-    a directly following exact ``nn.ReLU`` moves into it (and becomes ``nn.Identity``). Returns the count of
-    Linear layers replaced. Subclasses and hooked modules are left alone (their forward may differ).
+    a directly following exact ``nn.ReLU`` moves into it (and becomes an ``nn.Identity`` that the Sequential's
+    forward skips). Returns the count of Linear layers replaced. Subclasses and hooked modules are left alone
+    (their forward may differ). Linear layers on other inputs than 2-D float32 CPU tensors, or under autograd,
+    run ``F.linear`` (+ ``relu``).
     """
     replaced = 0
     for parent in list(model.modules()):
         children = list(parent._modules.items())
         sequential = type(parent) is nn.Sequential
+        placeholders: list[nn.Module] = []
         for i, (name, child) in enumerate(children):
             if type(child) is not nn.Linear or not _plain(child):
                 continue
@@ -80,8 +102,13 @@ def fuse_linear_relu(model: nn.Module) -> int:
             relu = type(nxt) is nn.ReLU and _plain(nxt)  # type: ignore[arg-type]
             parent._modules[name] = FusedLinear(child, relu)
             if relu:
-                parent._modules[children[i + 1][0]] = nn.Identity()
+                placeholders.append(nn.Identity())
+                parent._modules[children[i + 1][0]] = placeholders[-1]
             replaced += 1
+        if placeholders:  # our private copy: its forward skips the placeholders
+            parent.__class__ = _FusedSequential
+            parent._run = [m for m in parent._modules.values()  # type: ignore[assignment]
+                           if m is not None and all(m is not p for p in placeholders)]
     return replaced
 
 
@@ -98,7 +125,7 @@ class PointModel:
 
     def __init__(self, model: nn.Module, fuse: bool) -> None:
         self.module = copy.deepcopy(model).eval()
-        self.fused = fuse_linear_relu(self.module) if fuse and _onednn_linear_available() else 0
+        self.fused = fuse_linear_relu(self.module) if fuse and _onednn_linear() is not None else 0
         self._slots: dict[str, tuple[dict[str, Tensor | None], str]] = {}
         for prefix, module in self.module.named_modules(remove_duplicate=False):
             for kind in (module._parameters, module._buffers):
