@@ -13,10 +13,10 @@ from torch import nn
 from lossatlas.directions import DirectionSpec, Ignore, random_directions
 from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.engine import evaluate as evaluate_module
-from lossatlas.engine.inference import PointModel, fuse_linear_relu
+from lossatlas.engine.inference import PointModel, fuse_linear_relu, fused_matches
 from lossatlas.engine.losses import cross_entropy_and_correct
 from lossatlas.engine.passes import CPU_PASS_FLOATS as _CPU_PASS_FLOATS
-from lossatlas.params import add_scaled, stack_points
+from lossatlas.params import add_scaled, functional_forward, stack_points
 from tests.conftest import bn_cnn, make_classification, mlp
 
 COORDS = torch.tensor([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]], dtype=torch.float64)
@@ -202,3 +202,26 @@ def test_points_built_on_the_fly_equal_stacked_points(model: str) -> None:
     for name in built:
         torch.testing.assert_close(built[name], stacked[name], rtol=1e-6, atol=1e-9)
     _check_against_reference(ev)
+
+
+def test_a_linear_used_twice_stays_shared() -> None:
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.Linear(8, 3)).eval()
+    point = PointModel(net, fuse=True)
+    assert point.fused == 2 and point.module[2] is point.module[4] and type(point.module[2]) is nn.Linear
+    moved = {k: v * 1.1 for k, v in net.named_parameters()}
+    point.load(moved)
+    x = torch.randn(9, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(point(x), functional_forward(net, moved, {}, x), rtol=1e-6, atol=1e-6)
+
+
+def test_the_fused_copy_is_refused_when_a_parameter_does_not_reach_it() -> None:
+    net = mlp(hidden=16)
+    theta = dict(net.named_parameters())
+    x = torch.randn(4, 6)
+    assert fused_matches(net, PointModel(net, fuse=True), theta, {}, x)
+    broken = PointModel(net, fuse=True)
+    del broken._slots["2.weight"]  # a load that misses one tensor: right at θ, wrong anywhere else
+    assert not fused_matches(net, broken, theta, {}, x)

@@ -185,12 +185,12 @@ def run_grid(task: GridTask, axes: Mapping[str, np.ndarray], out: str | Path, at
     if progress:
         progress(finished, total)
     update_attrs(out, status="running")
-    writer = RegionWriter(out)
-    for unit, values in (executor or InProcessExecutor()).run(task, todo):
-        writer.write(unit.region, values)
-        finished += len(unit.coords)
-        if progress:
-            progress(finished, total)
+    with RegionWriter(out, background=True) as writer:  # a unit is written while the next one is computed
+        for unit, values in (executor or InProcessExecutor()).run(task, todo):
+            writer.write(unit.region, values)
+            finished += len(unit.coords)
+            if progress:
+                progress(finished, total)
     ds = open_surface(out)
     loss_vars = [v for v in ds.data_vars if str(v).endswith("_loss")]
     nonfinite = int((~np.isfinite(np.stack([ds[v].values for v in loss_vars]))).any(axis=0).sum())

@@ -22,6 +22,7 @@ import platform
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,17 +127,49 @@ def _write_phases(*phases: list[tuple[Any, tuple[slice, ...], np.ndarray]]) -> N
 class RegionWriter:
     """Writes finished points into one store, its arrays opened once (a grid writes a region per work unit).
 
-    Each :meth:`write` puts the metric values first, then the ``completed`` flags of the same region (dims read
-    from each array's ``dimension_names``), so a process killed between the two leaves the points marked
-    unfinished and they are recomputed.
+    Each region gets its metric values first, then the ``completed`` flags of the same region (dims read from
+    each array's ``dimension_names``), so a process killed between the two leaves the points marked unfinished
+    and they are recomputed. With ``background=True`` a region is written by a writer thread while the caller
+    computes the next one: at most one region is in flight, :meth:`write` first waits for the previous one, and
+    :meth:`close` for the last (a write error is raised there). Use it as a context manager.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, background: bool = False) -> None:
         self._arrays = dict(zarr.open_group(str(path), mode="r+").arrays())
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lossatlas-store") if background else None
+        self._pending: Future[None] | None = None
 
-    def write(self, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
+    def _write_now(self, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
         _write_phases(_region_writes(self._arrays, region, values),
                       _region_writes(self._arrays, region, {COMPLETED: None}))
+
+    def write(self, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
+        """Write one region (values, then ``completed``); in the background when the writer was made so."""
+        if self._pool is None:
+            self._write_now(region, values)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self._write_now, region, dict(values))
+
+    def wait(self) -> None:
+        """Block until the region in flight is on disk (re-raises its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last region and stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> RegionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_region(path: str | Path, region: Mapping[str, slice], values: Mapping[str, np.ndarray]) -> None:
@@ -205,7 +238,7 @@ def open_surface(path: str | Path) -> xr.Dataset:
     if not path.exists():
         raise UserInputError(f"store '{path}' does not exist; pass the --out of a lossatlas run")
     try:
-        with xr.open_zarr(path, consolidated=False) as ds:
+        with xr.open_zarr(path, consolidated=False, chunks=None) as ds:  # numpy, not dask: 3× faster to load
             return ds.load()
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"'{path}' is not a readable lossatlas store ({type(exc).__name__})") from None

@@ -78,18 +78,20 @@ class _FusedSequential(nn.Sequential):
         return x
 
 
-def _plain(module: nn.Module) -> bool:
-    """No hooks that a replacement would skip."""
-    return not (module._forward_hooks or module._forward_pre_hooks)
-
-
 def fuse_linear_relu(model: nn.Module) -> int:
     """Replace, in place, every exact ``nn.Linear`` by a :class:`FusedLinear`; inside an exact ``nn.Sequential``
     a directly following exact ``nn.ReLU`` moves into it (and becomes an ``nn.Identity`` that the Sequential's
-    forward skips). Returns the count of Linear layers replaced. Subclasses and hooked modules are left alone
-    (their forward may differ). Linear layers on other inputs than 2-D float32 CPU tensors, or under autograd,
-    run ``F.linear`` (+ ``relu``).
+    forward skips). Returns the count of Linear layers replaced. Subclasses, hooked modules and modules used at
+    several places are left alone (their forward may differ, or a replacement would untie them). Linear layers on
+    other inputs than 2-D float32 CPU tensors, or under autograd, run ``F.linear`` (+ ``relu``).
     """
+    uses: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        uses[id(module)] = uses.get(id(module), 0) + 1
+
+    def _plain(module: nn.Module) -> bool:
+        return uses[id(module)] == 1 and not (module._forward_hooks or module._forward_pre_hooks)
+
     replaced = 0
     for parent in list(model.modules()):
         children = list(parent._modules.items())
@@ -146,18 +148,22 @@ class PointModel:
 
 def fused_matches(plain: nn.Module, fused: PointModel, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                   x: Tensor) -> bool:
-    """Whether the fused copy gives the plain model's output at θ on ``x`` (to float rounding); any failure, False."""
+    """Whether the fused copy gives the plain model's output on ``x`` at θ and at a moved point 1.05 θ (every entry
+    changed, so a parameter that does not reach the fused copy shows); to float rounding; any failure, False."""
     from lossatlas.params import functional_forward
 
     with torch.no_grad():
-        ref = functional_forward(plain, theta, buffers, x)
-        try:
-            fused.load(buffers)
-            fused.load(theta)
-            got = fused(x)
-        except Exception:  # noqa: BLE001 - any failure of the fused copy just means "run the plain one"
-            return False
-    return ref.shape == got.shape and bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5))
+        for point in (theta, {k: v * 1.05 for k, v in theta.items()}):
+            ref = functional_forward(plain, point, buffers, x)
+            try:
+                fused.load(buffers)
+                fused.load(point)
+                got = fused(x)
+            except Exception:  # noqa: BLE001 - any failure of the fused copy just means "run the plain one"
+                return False
+            if ref.shape != got.shape or not bool(torch.allclose(ref, got, rtol=1e-4, atol=1e-5)):
+                return False
+    return True
 
 
 __all__ = ["FusedLinear", "PointModel", "fuse_linear_relu", "fused_matches"]
