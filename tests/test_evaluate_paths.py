@@ -10,19 +10,20 @@ from lossatlas.directions import DirectionSpec, Ignore, random_directions
 from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.engine.passes import CPU_PASS_FLOATS as _CPU_PASS_FLOATS
 from lossatlas.params import add_scaled
-from tests.conftest import bn_cnn, make_classification, mlp
+from tests.conftest import bn_cnn, make_classification, mlp, plain_metrics
 
 COORDS = torch.tensor([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]], dtype=torch.float64)
 
 
-def _check_against_reference(ev: Evaluator) -> None:
-    """Batched metrics equal :meth:`Evaluator.evaluate_one` (plain layout, one point at a time)."""
+def _check_against_reference(ev: Evaluator, net: nn.Module, data) -> None:  # type: ignore[no-untyped-def]
+    """Batched metrics equal the independent plain-module reference (the point loaded into a copy of the net,
+    one ordinary forward pass of the whole split)."""
     theta = ev.theta()
     dirs = random_directions(theta, DirectionSpec(ignore=Ignore.none, seed=3), 2)
     batched = ev.evaluate_coords(theta, dirs, COORDS)
     for p in range(len(COORDS)):
-        one = ev.evaluate_one(add_scaled(theta, dirs, COORDS[p].tolist()))
-        for name, value in one.items():
+        ref = plain_metrics(net, add_scaled(theta, dirs, COORDS[p].tolist()), data)
+        for name, value in ref.items():
             np.testing.assert_allclose(float(batched[name][p]), value, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
@@ -42,22 +43,25 @@ class ViewNet(nn.Module):
 
 
 def test_conv_net_runs_point_by_point_in_channels_last() -> None:
-    ev = Evaluator(bn_cnn(), make_classification(image=True), EvalSpec(batch_size=32))
+    net, data = bn_cnn(), make_classification(image=True)
+    ev = Evaluator(net, data, EvalSpec(batch_size=32))
     assert ev._channels_last and ev._one_point_per_pass(len(COORDS))
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_view_after_conv_falls_back_to_the_plain_layout() -> None:
-    ev = Evaluator(ViewNet().eval(), make_classification(image=True), EvalSpec(batch_size=32))
+    net, data = ViewNet().eval(), make_classification(image=True)
+    ev = Evaluator(net, data, EvalSpec(batch_size=32))
     assert not ev._channels_last
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_small_points_share_cache_sized_vmapped_passes() -> None:
-    ev = Evaluator(mlp(), make_classification(), EvalSpec(batch_size=50))
+    net, data = mlp(), make_classification()
+    ev = Evaluator(net, data, EvalSpec(batch_size=50))
     assert not ev._channels_last and not ev._one_point_per_pass(len(COORDS))
     assert 1 < ev.points_per_pass() <= _CPU_PASS_FLOATS // (ev._per_sample * 50)
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_a_point_that_fills_a_pass_runs_alone() -> None:
@@ -65,4 +69,4 @@ def test_a_point_that_fills_a_pass_runs_alone() -> None:
     wide = mlp(hidden=4096)  # 3 x 4096 activations x 300 samples x 2 > the CPU pass budget
     ev = Evaluator(wide, data, EvalSpec(batch_size=300))
     assert ev._per_sample * 300 * 2 > _CPU_PASS_FLOATS and ev._one_point_per_pass(len(COORDS))
-    _check_against_reference(ev)
+    _check_against_reference(ev, wide, data)

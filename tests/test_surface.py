@@ -9,13 +9,13 @@ import xarray as xr
 from torch import nn
 
 from lossatlas.directions import DirectionSpec
-from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.grid import Axis
 from lossatlas.landscape import interpolate, surface
-from lossatlas.params import add_scaled
+from lossatlas.params import add_scaled, parameters_of
 from lossatlas.store import COMPLETED, load_directions, open_surface, prepare_store
-from tests.conftest import bn_cnn, make_classification, mlp
+from tests.conftest import bn_cnn, make_classification, mlp, plain_metrics
 
 REQUIRED_ATTRS = ["lossatlas_version", "seed", "norm", "ignore", "bn", "model", "checkpoint_sha256", "data",
                   "created"]
@@ -43,10 +43,10 @@ def test_non_square_2d_grid_matches_pointwise_evaluation(tmp_path, blobs) -> Non
     assert ds.attrs["seed"] == 3 and ds.attrs["norm"] == "filter" and ds.attrs["bn"] == "eval"
     dirs = load_directions(tmp_path / "s.zarr")
     assert len(dirs) == 2 and list(dirs[0]) == [n for n, _ in net.named_parameters()]
-    ev = Evaluator(net, blobs, EvalSpec(batch_size=32))
+    theta = parameters_of(net)
     for i, j in [(0, 0), (4, 2), (1, 2), (3, 0)]:
-        point = add_scaled(ev.theta(), dirs, [float(ds.x[i]), float(ds.y[j])])
-        ref = ev.evaluate_one(point)
+        point = add_scaled(theta, dirs, [float(ds.x[i]), float(ds.y[j])])
+        ref = plain_metrics(net, point, blobs)
         for metric, value in ref.items():
             np.testing.assert_allclose(float(ds[metric][i, j]), value, rtol=1e-5)
 
