@@ -10,13 +10,14 @@ Ainsworth et al. 2023): the largest excess of the loss over what the endpoints p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import BNPolicy, EvalSpec
+from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator
 
 
 def check_same_architecture(a: Mapping[str, Tensor], b: Mapping[str, Tensor], what: str = "the two models") -> None:
@@ -71,3 +72,21 @@ def loss_barrier(t: np.ndarray, values: np.ndarray) -> dict[str, float]:
     i = int(np.argmax(v))
     return {"max": float(v[i]), "barrier": float(excess.max()),
             "barrier_mean": float(v[i] - 0.5 * (v[0] + v[-1])), "t_max": float(t[i])}
+
+
+def evaluate_combinations(evaluator: Evaluator, points: Sequence[Mapping[str, Tensor]],
+                           coefficients: Tensor) -> dict[str, Tensor]:
+    """Metrics at Σ_k coefficients[p, k] P_k for every row p of ``coefficients`` (P, K), through the engine.
+
+    Returns ``{metric: (P,)}`` (float64). A row that is a unit vector gives P_k bit-exactly (0 · x + 1 · y = y),
+    so path endpoints reproduce the models themselves.
+    """
+    chunk = evaluator.points_per_pass()
+    parts = []
+    for start in range(0, coefficients.shape[0], chunk):
+        c = coefficients[start:start + chunk]
+        stacked = {name: torch.tensordot(c.to(points[0][name].dtype).to(evaluator.device),
+                                         torch.stack([p[name].to(evaluator.device) for p in points]), dims=1)
+                   for name in points[0]}
+        parts.append(evaluator.evaluate_stacked(stacked))
+    return {m: torch.cat([p[m] for p in parts]) for m in evaluator.metric_names}

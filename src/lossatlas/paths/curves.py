@@ -53,7 +53,13 @@ from lossatlas.params import (
     private_copy,
     tensors_sha256,
 )
-from lossatlas.paths.barrier import check_same_architecture, has_batchnorm, loss_barrier, path_eval_spec
+from lossatlas.paths.barrier import (
+    check_same_architecture,
+    evaluate_combinations,
+    has_batchnorm,
+    loss_barrier,
+    path_eval_spec,
+)
 from lossatlas.store import update_attrs
 from lossatlas.surface import Axis, PointTask, _provenance, run_grid
 
@@ -219,7 +225,7 @@ class CurveTask(PointTask):
         for prefix, points, coeffs in (
                 ("curve", self.control_points, curve_coefficients(self.kind, len(self.control_points), t)),
                 ("line", line_points, torch.stack([1 - t, t], dim=1))):
-            values = _evaluate_combinations(self.evaluator, points, coeffs)
+            values = evaluate_combinations(self.evaluator, points, coeffs)
             out.update({f"{prefix}_{m}": v.numpy() for m, v in values.items()})
         return out
 
@@ -233,20 +239,6 @@ class CurveTask(PointTask):
         self.directions = [{k: v.to(device) for k, v in d.items()} for d in self.directions]
         self.control_points = [{k: v.to(device) for k, v in p.items()} for p in self.control_points or []]
         return self
-
-
-def _evaluate_combinations(evaluator: Evaluator, points: Sequence[Mapping[str, Tensor]],
-                           coefficients: Tensor) -> dict[str, Tensor]:
-    """Metrics at Σ_k coefficients[p, k] P_k for every row p; a coefficient of exactly 1 gives P_k bit-exactly."""
-    chunk = evaluator.points_per_pass()
-    parts = []
-    for start in range(0, coefficients.shape[0], chunk):
-        c = coefficients[start:start + chunk]
-        stacked = {name: torch.tensordot(c.to(points[0][name].dtype).to(evaluator.device),
-                                         torch.stack([p[name].to(evaluator.device) for p in points]), dims=1)
-                   for name in points[0]}
-        parts.append(evaluator.evaluate_stacked(stacked))
-    return {m: torch.cat([p[m] for p in parts]) for m in evaluator.metric_names}
 
 
 # -- training -------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from lossatlas.errors import UserInputError
 from lossatlas.evaluate import Evaluator, resolve_loss
 from lossatlas.params import ParamDict, buffers_of, functional_forward, parameters_of, private_copy, tensors_sha256
-from lossatlas.paths.barrier import check_same_architecture, path_eval_spec
+from lossatlas.paths.barrier import check_same_architecture, evaluate_combinations, path_eval_spec
 from lossatlas.store import config_hash
 from lossatlas.surface import _provenance
 
@@ -105,15 +105,7 @@ def _segment_metrics(evaluator: Evaluator, a: Mapping[str, Tensor], b: Mapping[s
                      points: int) -> dict[str, Tensor]:
     """Metrics (float64, (points,)) at (1 − s) a + s b for ``points`` values of s in [0, 1] (both ends exact)."""
     s = torch.linspace(0, 1, points, dtype=torch.float64)
-    coeffs = torch.stack([1 - s, s], dim=1)
-    out: dict[str, list[Tensor]] = {m: [] for m in evaluator.metric_names}
-    chunk = evaluator.points_per_pass()
-    for start in range(0, points, chunk):
-        c = coeffs[start:start + chunk]
-        stacked = {k: torch.tensordot(c.to(a[k].dtype), torch.stack([a[k], b[k]]), dims=1) for k in a}
-        for m, v in evaluator.evaluate_stacked(stacked).items():
-            out[m].append(v)
-    return {m: torch.cat(v) for m, v in out.items()}
+    return evaluate_combinations(evaluator, [a, b], torch.stack([1 - s, s], dim=1))
 
 
 def _descend(model: nn.Module, data: Any, evaluator: Evaluator, start: ParamDict, mid: ParamDict, target: float,
