@@ -206,3 +206,21 @@ def test_bad_input_is_one_line(tmp_path, blobs) -> None:
     train_curve(mlp(), mlp(seed=1), blobs, CurveSpec(epochs=0, points=3), out=tmp_path / "y")
     with pytest.raises(UserInputError, match="different configuration"):
         train_curve(mlp(), mlp(seed=1), blobs, CurveSpec(epochs=1, points=3), out=tmp_path / "y")
+
+
+@pytest.mark.slow
+def test_mnist1d_bezier_curve_is_far_below_the_line(tmp_path) -> None:
+    """Garipov et al. 2018 on MNIST-1D: two MLPs from different seeds; the trained Bézier curve's highest train
+    loss is far below the straight line's (the quick variant on blobs is test_trained_curve_avoids_the_line_barrier)."""
+    from lossatlas.data import load_data
+    from lossatlas.models import build_model
+    from lossatlas.train import TrainSpec, train
+
+    data = load_data("mnist1d")
+    a, b = (train(build_model("zoo:mlp:widths=64-64", input_shape=data.input_shape, output_dim=data.output_dim,
+                              seed=s), data, TrainSpec(epochs=30, seed=s), tmp_path / f"m{s}") for s in (1, 2))
+    ds = train_curve(a, b, data, CurveSpec(epochs=30, points=21), out=tmp_path / "c")
+    line, curve = ds.attrs["line_train_loss_barrier"], ds.attrs["curve_train_loss_barrier"]
+    print(f"line max {ds.attrs['line_train_loss_max']:.4f} barrier {line:.4f}; "
+          f"curve max {ds.attrs['curve_train_loss_max']:.4f} barrier {curve:.4f}")
+    assert curve < 0.25 * line
