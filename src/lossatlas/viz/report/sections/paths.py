@@ -133,8 +133,8 @@ def topology_section(store: Path, ds: xr.Dataset) -> Section:
             ("most components", f"{int(ds['components'].max()) if ds.sizes.get('level') else 0}")]
     zero = ds["dimension"].values == 0 if "dimension" in ds else np.zeros(0, bool)
     finite_pairs = zero & np.isfinite(ds["death"].values) if zero.size else zero
-    order = np.argsort(-(ds["persistence"].values[finite_pairs])) if finite_pairs.any() else []
-    for i in list(order)[:5]:
+    order: list[int] = list(np.argsort(-(ds["persistence"].values[finite_pairs]))) if finite_pairs.any() else []
+    for i in order[:5]:
         b, d = ds["birth"].values[finite_pairs][i], ds["death"].values[finite_pairs][i]
         rows.append(("minimum → merge", f"{b:.5g} → {d:.5g} (persistence {d - b:.4g})"))
     n_fig = go.Figure(go.Scatter(x=ds["level"].values, y=ds["components"].values, mode="lines",
