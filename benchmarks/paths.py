@@ -44,13 +44,13 @@ from common import machine_info, machine_line, markdown_table, set_threads, writ
 from torch import nn
 
 from lossatlas.data import Dataset, load_data
-from lossatlas.evaluate import resolve_loss
+from lossatlas.engine import resolve_loss
 from lossatlas.models import build_model
 from lossatlas.params import parameters_of
 from lossatlas.paths.align import align_checkpoint
 from lossatlas.paths.curves import CurveSpec, fit_control_points, initial_control_points, train_curve
 from lossatlas.paths.string import StringSpec, string_sampling
-from lossatlas.train import TrainSpec, train
+from lossatlas.training import TrainSpec, train
 
 
 def plain_loop(model: nn.Module, data: Dataset, points: list[dict[str, torch.Tensor]], spec: CurveSpec

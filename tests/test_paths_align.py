@@ -150,7 +150,7 @@ def test_align_checkpoint_writes_weights_and_barriers(tmp_path) -> None:
 def test_mnist1d_alignment_lowers_the_barrier(tmp_path) -> None:
     """Two independently trained MNIST-1D MLPs: the barrier after weight matching, reported beside before."""
     from lossatlas.data import load_data
-    from lossatlas.train import TrainSpec, train
+    from lossatlas.training import TrainSpec, train
 
     data = load_data("mnist1d")
     a, b = (train(build_model("zoo:mlp:widths=64-64", input_shape=data.input_shape, output_dim=data.output_dim,

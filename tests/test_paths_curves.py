@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier
 from lossatlas.paths.curves import (
@@ -214,7 +214,7 @@ def test_mnist1d_bezier_curve_is_far_below_the_line(tmp_path) -> None:
     loss is far below the straight line's (the quick variant on blobs is test_trained_curve_avoids_the_line_barrier)."""
     from lossatlas.data import load_data
     from lossatlas.models import build_model
-    from lossatlas.train import TrainSpec, train
+    from lossatlas.training import TrainSpec, train
 
     data = load_data("mnist1d")
     a, b = (train(build_model("zoo:mlp:widths=64-64", input_shape=data.input_shape, output_dim=data.output_dim,

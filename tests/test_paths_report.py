@@ -12,8 +12,8 @@ from lossatlas.paths.align import align_checkpoint
 from lossatlas.paths.curves import CurveSpec, train_curve
 from lossatlas.paths.string import StringSpec, string_sampling
 from lossatlas.paths.topology import topology_of_store
-from lossatlas.report import build_report
-from lossatlas.report.builder import collect_sections
+from lossatlas.viz.report import build_report
+from lossatlas.viz.report.builder import collect_sections
 from tests.conftest import make_classification, mlp
 from tests.paths_toys import Ring, zeros
 

@@ -361,10 +361,10 @@ def align_checkpoint(model_a: nn.Module, model_b: nn.Module, data: Any, *, out: 
     """
     from safetensors.torch import save_file
 
-    from lossatlas.evaluate import Evaluator
+    from lossatlas.engine import Evaluator
     from lossatlas.params import parameters_of, tensors_sha256
     from lossatlas.paths.barrier import evaluate_combinations, loss_barrier, path_eval_spec
-    from lossatlas.surface import _provenance
+    from lossatlas.store import provenance as provenance_attrs
 
     if points < 3:
         raise UserInputError(f"--points must be >= 3, got {points}")
@@ -394,7 +394,7 @@ def align_checkpoint(model_a: nn.Module, model_b: nn.Module, data: Any, *, out: 
                              "aligned_sha256": tensors_sha256(aligned),
                              "checkpoint2_sha256": dict(provenance or {}).get("checkpoint2_sha256")
                              or tensors_sha256(model_b.state_dict())}
-    attrs = _provenance("alignment", model_a, data, eval_spec, extra, provenance)
+    attrs = provenance_attrs("alignment", model_a, data, eval_spec, extra, provenance)
     ds = xr.Dataset(data_vars, coords={"t": t.numpy()}, attrs=attrs)
     for name in list(ds.data_vars):
         if str(name).endswith("_loss"):

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from lossatlas.engine import BNPolicy, EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import BNPolicy, EvalSpec, Evaluator
 
 
 def check_same_architecture(a: Mapping[str, Tensor], b: Mapping[str, Tensor], what: str = "the two models") -> None:
@@ -35,19 +35,15 @@ def check_same_architecture(a: Mapping[str, Tensor], b: Mapping[str, Tensor], wh
                              "architecture (same --model)")
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether ``model`` has a BatchNorm layer that tracks running statistics."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
-
-
-def path_eval_spec(loss: str = "cross_entropy", batch_size: int = 1000, bn_batches: int = 0) -> EvalSpec:
+def path_eval_spec(loss: str = "cross_entropy", batch_size: int = 1000) -> EvalSpec:
     """The evaluation spec of every point on a path: BN statistics re-estimated on the train split.
 
     A point between two models has no running statistics of its own; Garipov et al. 2018 (Sec. 5) re-estimate
-    them at every evaluated t, so t = 0 reproduces model A with its statistics re-estimated. Nets without
-    BatchNorm are unaffected (the engine's ``recompute`` policy is then a no-op).
+    them at every evaluated t, so t = 0 reproduces model A with its statistics re-estimated (the engine's
+    whole-split statistics, :func:`lossatlas.engine.recompute_statistics`). Nets without BatchNorm are
+    unaffected (the ``recompute`` policy is then a no-op).
     """
-    return EvalSpec(loss=loss, batch_size=batch_size, bn=BNPolicy.recompute, bn_batches=bn_batches)
+    return EvalSpec(loss=loss, batch_size=batch_size, bn=BNPolicy.recompute)
 
 
 def loss_barrier(t: np.ndarray, values: np.ndarray) -> dict[str, float]:

@@ -42,9 +42,11 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from lossatlas.engine import EvalSpec, Evaluator, resolve_loss
+from lossatlas.engine.bn import has_batchnorm
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator, resolve_loss
 from lossatlas.execute import WorkUnit
+from lossatlas.grid import Axis, PointTask, run_grid
 from lossatlas.params import (
     ParamDict,
     buffers_of,
@@ -56,12 +58,11 @@ from lossatlas.params import (
 from lossatlas.paths.barrier import (
     check_same_architecture,
     evaluate_combinations,
-    has_batchnorm,
     loss_barrier,
     path_eval_spec,
 )
+from lossatlas.store import provenance as provenance_attrs
 from lossatlas.store import update_attrs
-from lossatlas.surface import Axis, PointTask, _provenance, run_grid
 
 Progress = Callable[[int, int], None]
 
@@ -411,7 +412,7 @@ def train_curve(model_a: nn.Module, model_b: nn.Module, data: Any, spec: CurveSp
                                                      for n, v in p.items()}),
              "curve_length": length, "line_length": line_length,
              "training_loss_history": [float(v) for v in history]}
-    attrs = _provenance("curve", model_a, data, eval_spec, extra, prov)
+    attrs = provenance_attrs("curve", model_a, data, eval_spec, extra, prov)
     axis = Axis(0.0, 1.0, spec.points).values()
 
     def grid_progress(done: int, _n: int) -> None:

@@ -44,12 +44,12 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from lossatlas.engine import Evaluator, resolve_loss
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import Evaluator, resolve_loss
 from lossatlas.params import ParamDict, buffers_of, functional_forward, parameters_of, private_copy, tensors_sha256
 from lossatlas.paths.barrier import check_same_architecture, evaluate_combinations, path_eval_spec
 from lossatlas.store import config_hash
-from lossatlas.surface import _provenance
+from lossatlas.store import provenance as provenance_attrs
 
 Progress = Callable[[int, int], None]
 
@@ -288,7 +288,7 @@ def _write_result(out: Path, state: dict[str, Any], spec: StringSpec, model: nn.
     max_loss = float(data_vars["train_loss"][1].max())
     extra = {"x": "", "y": "", "seed": spec.seed, "norm": "none", "ignore": "none", "directions": "string",
              **{f"string_{k}": v for k, v in asdict(spec).items()}, "config": json.dumps(config, sort_keys=True)}
-    attrs = _provenance("string", model, data, eval_spec, extra, provenance)
+    attrs = provenance_attrs("string", model, data, eval_spec, extra, provenance)
     attrs["config_hash"] = config_hash(config)
     attrs.update(success=state["status"] == "success", reason=state["reason"], n_beads=len(beads) - 2,
                  max_train_loss=max_loss, threshold=spec.threshold,

@@ -16,9 +16,9 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from lossatlas.report.figures import TEMPLATE, TITLE_CHARS, finite, metric_table
-from lossatlas.report.registry import Section, plotly_text, register
 from lossatlas.store import open_surface
+from lossatlas.viz.report.figures import TEMPLATE, TITLE_CHARS, finite, metric_table
+from lossatlas.viz.report.registry import Section, plotly_text, register
 
 _COLORS = {"curve": "#2ca02c", "line": "#1f77b4", "before": "#1f77b4", "after": "#d62728", "string": "#2ca02c"}
 
