@@ -11,6 +11,8 @@ targets 0 and the ``mse`` loss the per-sample loss is a fixed function of w:
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -57,3 +59,15 @@ def zeros1() -> Dataset:
 
 def zeros2() -> Dataset:
     return zeros(8, 2)
+
+
+class SlowDoubleWell(DoubleWell):
+    """:class:`DoubleWell` that sleeps 5 ms per forward pass (for kill-and-resume tests)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.005)
+        return super().forward(x)
+
+
+def slow_double_well() -> nn.Module:
+    return SlowDoubleWell()
