@@ -160,3 +160,10 @@ def test_mnist1d_alignment_lowers_the_barrier(tmp_path) -> None:
     print(f"train barrier before {before:.4f} after {after:.4f}; test before "
           f"{ds.attrs['before_test_loss_barrier']:.4f} after {ds.attrs['after_test_loss_barrier']:.4f}")
     assert after < before
+
+
+def test_deriving_a_spec_leaves_the_model_untouched() -> None:
+    model = build_model("zoo:bncnn:channels=4-6", input_shape=(1, 8, 8), output_dim=3, seed=0).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    permutation_spec(model, torch.randn(4, 1, 8, 8) * 3 + 1)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -98,8 +98,10 @@ def permutation_spec(model: nn.Module, example_input: Tensor) -> PermutationSpec
     Feature axis = dim 1 of every traced tensor. Entries for every parameter and buffer are returned
     (all-``None`` for tensors that never move, e.g. ``num_batches_tracked``).
     """
+    from lossatlas.params import private_copy
+
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.symbolic_trace(private_copy(model))  # eval mode, so tracing cannot touch BN statistics
     except Exception as exc:  # noqa: BLE001 - tracing failures are the model's, reported in one line
         raise _unsupported(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__})") from None
     ShapeProp(gm).propagate(example_input)
