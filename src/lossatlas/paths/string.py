@@ -10,9 +10,10 @@ right (the paper's recursion ``ConnectModels`` in iterative form):
 
        L(θ) + (μ/2) ‖θ − θ_mid‖²,   θ_mid = the segment's midpoint,
 
-   (the paper keeps the new bead near the middle of the segment it replaces, so that the string does not
-   collapse onto one end; the penalty form and μ are ours — the notes in ``shared/seeds`` do not reproduce
-   Alg. 1, so this follows the paper's description, not its code) by minibatch SGD until the train loss is
+   (the paper trains the new bead with a term that keeps it near the middle of the segment it replaces, so the
+   string does not collapse onto one end. The notes in ``shared/seeds`` do not reproduce Alg. 1 and the paper
+   could not be re-read here, so the quadratic form of the penalty and the default μ = 1e-3 are this
+   implementation's choice, not a transcription) by minibatch SGD until the train loss is
    ≤ ``λ_target = L_end + depth · (λ − L_end)`` (L_end the larger endpoint loss), checked with the engine
    every ``check_every`` steps; insert it and split the segment in two;
 4. stop with success when every segment is done, with failure when ``max_beads`` beads exist, the training
