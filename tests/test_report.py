@@ -90,9 +90,10 @@ def test_report_has_a_section_per_result_in_registry_order(run_dir: Path, tmp_pa
     titles = [s.title for s in sections]
     assert titles == ["1D loss curve: line.zarr", "2D loss surface: surface.zarr",
                       "Interpolation: interpolation.zarr", "Training: train"]
-    # 2D: 3D surface + one contour per metric (train/test loss and accuracy); 1D curves: one figure each
+    # 2D: 3D surface + one contour per metric (train/test loss and accuracy); 1D curves: one figure each;
+    # training: loss/accuracy, weight norms, weight histograms
     n_metrics = 4
-    assert [len(s.figures) for s in sections] == [1, 1 + n_metrics, 1, 1]
+    assert [len(s.figures) for s in sections] == [1, 1 + n_metrics, 1, 3]
     assert result.figures == sum(len(s.figures) for s in sections)
     page = (tmp_path / "r.html").read_text()
     assert page.count('class="plotly-graph-div"') == result.figures

@@ -173,3 +173,24 @@ def test_cli_device_overwrite_and_finished_run(tmp_path) -> None:
     assert proc.exit_code == 2 and "--overwrite" in proc.stderr
     assert cli("--out", out, "--epochs", "1", "--lr", "0.3", "--overwrite").exit_code == 0
     assert len(list_checkpoints(out)) == 2
+
+
+def test_report_training_section_shows_norms_histograms_sharpness_and_the_switch(tmp_path) -> None:
+    from lossatlas.viz.report.builder import collect_sections
+
+    data = make_classification(n=40)
+    spec = TrainSpec(epochs=3, batch_size=20, lr=0.1, seed=0, switch_at=1, optimizer2="adam", lr2=0.01,  # type: ignore[arg-type]
+                     track_sharpness=2, sharpness_samples=20)
+    train(mlp(), data, spec, tmp_path / "run")
+    sections, _, problems = collect_sections(tmp_path)
+    assert not problems
+    (section,) = [s for s in sections if s.title.startswith("Training")]
+    titles = [f.layout.title.text for f in section.figures]
+    assert any("weight norms" in t for t in titles) and any("histograms" in t for t in titles)
+    assert any("sharpness" in t for t in titles)
+    loss_fig = section.figures[0]
+    assert {t.name for t in loss_fig.data} == {"train loss", "test loss", "train accuracy (%)", "test accuracy (%)"}
+    assert any("switch to adam" in a.text for a in loss_fig.layout.annotations)
+    sharp = next(f for f in section.figures if "sharpness" in f.layout.title.text)
+    np.testing.assert_allclose(sharp.data[1].y, [20.0, 20.0, 200.0, 200.0])  # steps 0, 2 with SGD; 4, 6 with Adam
+    assert "3 checkpoints" not in section.html and "4 checkpoints" in section.html
