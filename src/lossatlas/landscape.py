@@ -9,24 +9,59 @@ running the same call again resumes an interrupted run and ends with the same nu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from lossatlas.directions import DirectionSpec, Ignore, check_directions, direction_between, random_directions
+from lossatlas.directions import (
+    DirectionSpec,
+    Ignore,
+    ModelDirections,
+    PlaneSpec,
+    check_directions,
+    direction_between,
+    random_directions,
+)
 from lossatlas.engine import BNPolicy, EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
 from lossatlas.execute import Executor
 from lossatlas.grid import Axis, PointTask, Progress, run_grid
-from lossatlas.params import ParamDict, buffers_of, float_buffer_names, parameters_of, tensors_sha256
+from lossatlas.params import (
+    ParamDict,
+    buffers_of,
+    file_sha256,
+    float_buffer_names,
+    load_checkpoint,
+    parameters_of,
+    read_state_dict,
+    tensors_sha256,
+)
+from lossatlas.store import open_surface, update_attrs
 from lossatlas.store import provenance as _provenance
 
+AUTO_POINTS = 25
+"""Points per axis of the automatic grid around the anchors of directions from models."""
 
-def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None = None,
-            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | str | None = None,
+
+class ModelSource(Protocol):
+    """Directions from models before they are built: the centre checkpoint and ``build(θ) -> ModelDirections``
+    (:class:`~lossatlas.directions.PlaneSpec`, :class:`~lossatlas.paths.pca.PCASpec`)."""
+
+    @property
+    def centre(self) -> Path: ...
+
+    def build(self, theta: Mapping[str, Tensor]) -> ModelDirections: ...
+
+
+def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis | str | None = None,
+            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | str | ModelSource | ModelDirections | None
+            = None,
             eval_spec: EvalSpec | None = None, out: str | Path, overwrite: bool = False,
             provenance: Mapping[str, Any] | None = None, executor: Executor | None = None,
             progress: Progress | None = None, device: str = "cpu", hessian: bool | Any = False) -> xr.Dataset:
@@ -35,10 +70,17 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
     Args:
         model: the network at θ (never modified).
         data: a :class:`lossatlas.data.Dataset`.
-        x, y: grid axes (``Axis`` or ``"MIN:MAX:N"``); ``y=None`` gives a 1D curve.
+        x, y: grid axes (``Axis`` or ``"MIN:MAX:N"``); ``y=None`` gives a 1D curve. Default ``x``: ``-1:1:51``;
+            for directions from models (``plane:``, ``pca:``) both default to the anchors' extent with a margin
+            (:func:`anchor_axes`).
         directions: a :class:`DirectionSpec` (random, normalised; default filter-wise, seed 0), or explicit
             direction dicts (one per axis), used as given, or ``"hessian"``: the top Hessian eigenvectors
-            at θ (unit norm; :func:`lossatlas.curvature.maps.hessian_directions`).
+            at θ (unit norm; :func:`lossatlas.curvature.maps.hessian_directions`), or directions from models:
+            ``"plane:A,B,C"`` / :class:`~lossatlas.directions.PlaneSpec` (the plane through three checkpoints,
+            centred at A; Garipov et al. 2018) or ``"pca:RUN_DIR"`` / :class:`~lossatlas.paths.pca.PCASpec`
+            (a training run's PCA plane, centred at its final checkpoint; Li et al. 2018). Those replace
+            ``model``'s weights by the centre's and store the anchors (A, B, C or the path): coordinates,
+            off-plane residual, the loss of each checkpoint as it is and the loss at its projection.
         eval_spec: loss, batch size and BN policy.
         hessian: ``True`` or a :class:`lossatlas.curvature.maps.ConvexitySpec`: also store ``lambda_max``,
             ``lambda_min`` and ``convexity_ratio`` = |λmin/λmax| at every point (Li et al. 2018, Fig. 7).
@@ -50,17 +92,35 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
         ``train_accuracy``, ``test_accuracy`` (those that apply), shape ``(len(x), len(y))``.
     """
     spec = eval_spec or EvalSpec()
+    source = model_source(directions)
+    prov = dict(provenance or {})
+    if source is not None:
+        model = load_checkpoint(model, source.centre)
+        prov.update(checkpoint=str(source.centre), checkpoint_sha256=file_sha256(source.centre))
+    evaluator = Evaluator(model, data, spec, device=device)
+    theta = evaluator.theta()
+    anchors = None
+    if source is not None:
+        anchors = source if isinstance(source, ModelDirections) else source.build(theta)
+        if x is None and y is None:
+            x, y = anchor_axes(anchors.coords)
+        elif x is None or y is None:
+            raise UserInputError("directions from models span a plane: pass both --x and --y, or neither for the "
+                                 "anchors' extent")
+    x = "-1:1:51" if x is None else x
     axes = {"x": Axis.parse(x, "--x").values()}
     if y is not None:
         axes["y"] = Axis.parse(y, "--y").values()
-    evaluator = Evaluator(model, data, spec, device=device)
-    theta = evaluator.theta()
     extra: dict[str, Any] = {"x": str(Axis.parse(x)), "y": str(Axis.parse(y)) if y is not None else ""}
-    if isinstance(directions, str):
+    if anchors is not None:
+        dirs = [{k: d[k].to(theta[k].dtype) for k in theta} for d in anchors.directions]
+        extra.update(anchors.attrs)
+    elif isinstance(directions, str):
         from lossatlas.curvature.maps import hessian_directions
 
         if directions != "hessian":
-            raise UserInputError(f"--directions must be random or hessian, got '{directions}'")
+            raise UserInputError(f"--directions must be random, hessian, plane:A,B,C or pca:RUN_DIR, got "
+                                 f"'{directions}'")
         dirs, eigenvalues = hessian_directions(evaluator, theta, len(axes))
         extra.update(seed=-1, norm="unit", ignore="none", directions="hessian",
                      hessian_eigenvalues=[float(v) for v in eigenvalues])
@@ -74,7 +134,7 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
         extra.update(seed=dspec.seed, norm=dspec.norm.value, ignore=dspec.ignore.value, directions="random")
     else:
         dirs = [{k: d[k].to(theta[k].dtype) for k in theta} if all(k in d for k in theta) else dict(d)
-                for d in directions]
+                for d in directions]  # type: ignore[union-attr]
         check_directions(dirs, theta)
         if len(dirs) != len(axes):
             raise UserInputError(f"{len(axes)} grid axes need {len(axes)} directions, got {len(dirs)}")
@@ -88,8 +148,72 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str, y: Axis | str | None 
         cspec = hessian if isinstance(hessian, ConvexitySpec) else ConvexitySpec()
         task = CurvatureTask(evaluator, theta, dirs, cspec)
         extra["hessian"] = cspec.describe()
-    attrs = _provenance("surface", model, data, spec, extra, provenance)
-    return run_grid(task, axes, out, attrs, overwrite, executor, progress)
+    attrs = _provenance("surface", model, data, spec, extra, prov)
+    ds = run_grid(task, axes, out, attrs, overwrite, executor, progress)
+    if anchors is not None:
+        write_anchors(out, anchors, evaluator, theta, dirs)
+        ds = open_surface(out)
+    return ds
+
+
+def model_source(directions: Any) -> ModelSource | None:
+    """Directions from models: ``"plane:A,B,C"`` / ``"pca:RUN_DIR"`` parsed, a spec or built directions kept;
+    anything else → None."""
+    if isinstance(directions, str) and directions.startswith("plane:"):
+        return PlaneSpec.parse(directions)
+    if isinstance(directions, str) and directions.startswith("pca:"):
+        from lossatlas.paths.pca import PCASpec
+
+        return PCASpec.parse(directions)
+    if isinstance(directions, ModelDirections) or (hasattr(directions, "centre") and hasattr(directions, "build")):
+        return directions  # type: ignore[no-any-return]
+    return None
+
+
+def anchor_axes(coords: np.ndarray, points: int = AUTO_POINTS, margin: float = 0.25) -> tuple[Axis, Axis]:
+    """A grid around the anchors (``(k, 2)`` plane coordinates) and the origin: their extent plus ``margin`` of
+    its width on each side (Li et al. 2018 Fig. 9; Garipov et al. 2018 Fig. 1), bounds rounded outwards to a
+    hundredth of the width, ``points`` per axis."""
+    c = np.vstack([np.asarray(coords, dtype=np.float64), np.zeros((1, 2))])
+    out = []
+    for j in range(2):
+        lo, hi = float(c[:, j].min()), float(c[:, j].max())
+        width = max(hi - lo, 1e-3 * max(abs(lo), abs(hi), 1.0))
+        unit = 10.0 ** math.floor(math.log10(width / 100))
+        lo, hi = math.floor((lo - margin * width) / unit) * unit, math.ceil((hi + margin * width) / unit) * unit
+        out.append(Axis.parse(f"{lo:.12g}:{hi:.12g}:{points}", "--x" if j == 0 else "--y"))
+    return out[0], out[1]
+
+
+def write_anchors(out: str | Path, anchors: ModelDirections, evaluator: Evaluator, theta: Mapping[str, Tensor],
+                  dirs: Sequence[Mapping[str, Tensor]]) -> None:
+    """Store each anchor's plane coordinates and residual, its metrics *as is* (``<prefix>_<metric>``: the
+    checkpoint with its own BN statistics under ``bn=eval``) and at its projection on the plane
+    (``<prefix>_plane_<metric>``: θ₀ + x d₁ + y d₂, the same evaluation as the grid)."""
+    dim, p = anchors.dim, anchors.prefix
+    plane = evaluator.evaluate_coords(theta, dirs, torch.from_numpy(np.asarray(anchors.coords, dtype=np.float64)))
+    true: dict[str, list[float]] = {m: [] for m in evaluator.metric_names}
+    for ckpt in anchors.checkpoints:
+        state = read_state_dict(ckpt)
+        point = {k: state[k].to(theta[k].dtype) for k in theta}
+        buffers = ({k: state[k] for k in evaluator.buffers if k in state}
+                   if evaluator.spec.bn is BNPolicy.eval else None)
+        for m, v in evaluator.evaluate_one(point, buffers).items():
+            true[m].append(v)
+    variables: dict[str, Any] = {
+        f"{p}_x": (dim, anchors.coords[:, 0]), f"{p}_y": (dim, anchors.coords[:, 1]),
+        f"{p}_residual": (dim, anchors.residuals),
+        **{f"{p}_{m}": (dim, np.asarray(v, dtype=np.float64)) for m, v in true.items()},
+        **{f"{p}_plane_{m}": (dim, v.numpy()) for m, v in plane.items()},
+        **{f"{p}_{k}": (dim, np.asarray(v)) for k, v in anchors.anchor_variables.items()},
+        **{k: (d, np.asarray(v)) for k, (d, v) in anchors.variables.items()}}
+    labels = anchors.labels if anchors.kind == "pca" else np.arange(len(anchors.labels))
+    import zarr
+
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)  # appending variables replaces the root attrs
+    xr.Dataset(variables, coords={dim: labels}).to_zarr(out, mode="a", consolidated=False)
+    update_attrs(out, **{**attrs, "anchor_kind": anchors.kind, "anchor_names": [str(v) for v in anchors.labels],
+                         **anchors.results})
 
 
 def interpolation_point(model: nn.Module) -> ParamDict:
@@ -127,4 +251,4 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, x: Axis | 
                     overwrite, executor, progress)
 
 
-__all__ = ["interpolate", "interpolation_point", "surface"]
+__all__ = ["anchor_axes", "interpolate", "interpolation_point", "model_source", "surface", "write_anchors"]

@@ -163,8 +163,30 @@ def figure_2d(ds: xr.Dataset, metric: str, kind: PlotKind, log: bool = False,
     ax = fig.add_subplot(projection="3d") if kind == PlotKind.surface3d else fig.add_subplot()
     label = metric_label(metric, log)
     draw_2d(fig, ax, xx, yy, z, kind, log, norm, lv, label)
+    if kind != PlotKind.surface3d:
+        draw_path(ax, ds)
     ax.set_title(title or label, fontsize=10)
     return fig
+
+
+def draw_path(ax: Any, ds: xr.Dataset) -> None:
+    """A stored path (``path_x``, ``path_y``: a trajectory on its PCA plane, first and last point labelled by
+    their ``step``) and named anchors (``anchor_x``, ``anchor_y``: the models a plane passes through)."""
+    if "path_x" in ds and "path_y" in ds:
+        px, py = ds["path_x"].values, ds["path_y"].values
+        ax.plot(px, py, "-o", color="tab:red", lw=1.5, ms=3, label="path", zorder=5)
+        dim = ds["path_x"].dims[0] if ds["path_x"].dims else None
+        if dim in ds.coords and len(px):
+            for i in (0, len(px) - 1):
+                ax.annotate(f"{dim} {ds[dim].values[i]}", (px[i], py[i]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color="tab:red")
+    if "anchor_x" in ds and "anchor_y" in ds:
+        ax_, ay = ds["anchor_x"].values, ds["anchor_y"].values
+        names = list(ds.attrs.get("anchor_names", []))
+        ax.plot(ax_, ay, "o", color="white", mec="black", ms=7, zorder=6)
+        for i, name in enumerate(names if len(names) == len(ax_) else range(len(ax_))):
+            ax.annotate(str(name), (ax_[i], ay[i]), textcoords="offset points", xytext=(5, 5), fontsize=9,
+                        fontweight="bold")
 
 
 def plot_2d(ds: xr.Dataset, out_dir: Path, stem: str, metric: str = "train_loss", log: bool = False,

@@ -7,7 +7,9 @@ Conventions (what a store may hold; everything is optional except ``x``):
 * ``<metric>_stderr``: the standard error of ``<metric>`` (subset evaluation); shown as a band in 1D,
   as ``± stderr`` in the hover text and as its own panel in 2D;
 * ``path_x``, ``path_y`` on one other dimension (e.g. ``step``): a path drawn over the contour plots
-  (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7).
+  (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7);
+* ``anchor_x``, ``anchor_y`` (names in ``attrs["anchor_names"]``): named points marked on the contour plots
+  (e.g. the three models a plane passes through, Garipov et al. 2018).
 
 Non-finite values (diverged points) are masked (NaN → gaps/holes), never plotted as numbers. Every
 string that ends up in a title, label or hover text passes through
@@ -136,12 +138,26 @@ def surface_3d(ds: xr.Dataset, title: str = "") -> go.Figure:
 
 
 def _path_traces(ds: xr.Dataset) -> list[go.Scatter]:
-    if "path_x" not in ds.data_vars or "path_y" not in ds.data_vars:
-        return []
-    px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
-    return [go.Scatter(x=px, y=py, mode="lines+markers", name="path", line={"color": "#d62728", "width": 2},
-                       marker={"size": 4},
-                       hovertemplate="path<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>")]
+    """The stored path (``path_x``, ``path_y``; labelled by its ``step`` coordinate, e.g. the epoch) and anchor
+    points (``anchor_x``, ``anchor_y`` named by ``attrs["anchor_names"]``, e.g. the models A, B, C of a plane)."""
+    traces = []
+    if "path_x" in ds.data_vars and "path_y" in ds.data_vars:
+        px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
+        dim = ds["path_x"].dims[0] if ds["path_x"].dims else ""
+        text = [plotly_text(f"{dim} {v}") for v in ds[dim].values] if dim in ds.coords else None
+        traces.append(go.Scatter(x=px, y=py, mode="lines+markers", name="path", text=text,
+                                 line={"color": "#d62728", "width": 2}, marker={"size": 5},
+                                 hovertemplate="path" + ("<br>%{text}" if text else "")
+                                               + "<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>"))
+    if "anchor_x" in ds.data_vars and "anchor_y" in ds.data_vars:
+        ax, ay = finite(ds["anchor_x"].values.ravel()), finite(ds["anchor_y"].values.ravel())
+        names = [plotly_text(n) for n in ds.attrs.get("anchor_names", [])]
+        names = names if len(names) == len(ax) else [str(i) for i in range(len(ax))]
+        traces.append(go.Scatter(x=ax, y=ay, mode="markers+text", name="models", text=names,
+                                 textposition="top center", textfont={"color": "white", "size": 13},
+                                 marker={"size": 10, "color": "white", "line": {"color": "black", "width": 1.5}},
+                                 hovertemplate="%{text}<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>"))
+    return traces
 
 
 def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
