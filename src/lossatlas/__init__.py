@@ -19,6 +19,9 @@ The public API (everything else is internal; every name is imported lazily, on f
     align_weights(model_a, model_b, example_input) -> (B's aligned state dict, permutations) (Ainsworth et al.)
     weight_matching(spec, theta_a, theta_b)          -> permutations
     sublevel_topology(values, coords)    -> xarray.Dataset (components of {L <= λ}, persistence, merge tree)
+    trajectory(model, data, run_dir, out=) -> xarray.Dataset (a run's path on its PCA plane, Li et al. 2018)
+    trajectory_pca(checkpoints)          -> TrajectoryPCA (Gram-matrix PCA of θᵢ − θ_final)
+    PlaneSpec, PCASpec                   -> surface(..., directions=...) through three models / a run's PCA plane
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ _EXPORTS = {
     "align_weights": "lossatlas.paths.align",
     "weight_matching": "lossatlas.paths.align",
     "sublevel_topology": "lossatlas.paths.topology",
+    "trajectory": "lossatlas.paths.trajectory",
+    "trajectory_pca": "lossatlas.paths.pca",
+    "PCASpec": "lossatlas.paths.pca",
+    "PlaneSpec": "lossatlas.directions",
 }
 
 __all__ = ["__version__", *_EXPORTS]
