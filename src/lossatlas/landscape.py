@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from torch import Tensor, nn
 
 from lossatlas.directions import (
@@ -208,8 +209,6 @@ def write_anchors(out: str | Path, anchors: ModelDirections, evaluator: Evaluato
         **{f"{p}_{k}": (dim, np.asarray(v)) for k, v in anchors.anchor_variables.items()},
         **{k: (d, np.asarray(v)) for k, (d, v) in anchors.variables.items()}}
     labels = anchors.labels if anchors.kind == "pca" else np.arange(len(anchors.labels))
-    import zarr
-
     attrs = dict(zarr.open_group(str(out), mode="r").attrs)  # appending variables replaces the root attrs
     xr.Dataset(variables, coords={dim: labels}).to_zarr(out, mode="a", consolidated=False)
     update_attrs(out, **{**attrs, "anchor_kind": anchors.kind, "anchor_names": [str(v) for v in anchors.labels],

@@ -87,7 +87,12 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
 
 
 def anchor_lines(ds: Any) -> list[str]:
-    """One line per model a plane passes through: its coordinates and its loss as is / on the plane."""
+    """One line per model a plane passes through (its coordinates, its loss as is / on the plane), or a PCA plane's
+    numbers (explained variance, |cos| of random directions, the path's losses)."""
+    if "path_x" in ds:
+        from lossatlas.paths.trajectory import summary_lines
+
+        return summary_lines(ds)
     if "anchor_x" not in ds:
         return []
     names = ds.attrs.get("anchor_names", [])
