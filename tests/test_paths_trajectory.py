@@ -21,7 +21,7 @@ from lossatlas.directions import PlaneSpec, plane_directions
 from lossatlas.engine import BNPolicy, EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.grid import Axis, PointTask
-from lossatlas.landscape import surface
+from lossatlas.landscape import anchor_axes, surface
 from lossatlas.models import build_model
 from lossatlas.params import read_state_dict
 from lossatlas.paths import pca as pca_module
@@ -102,10 +102,10 @@ def test_random_directions_are_nearly_orthogonal_to_the_path(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    data = load_data("mnist1d:n=600")
+    data = load_data("mnist1d:n=400")
     net = build_model(MODEL, input_shape=data.input_shape, output_dim=data.output_dim, seed=0)
     run = tmp_path_factory.mktemp("mnist") / "run"
-    train(net, data, TrainSpec(epochs=4, batch_size=50, lr=0.1, seed=0), run)
+    train(net, data, TrainSpec(epochs=3, batch_size=40, lr=0.1, seed=0), run)
     return run, data
 
 
@@ -136,7 +136,7 @@ def test_pca_of_a_real_run_matches_numpy_svd(mnist_run, centred) -> None:
 def test_trajectory_store_true_and_plane_losses_against_plain_modules(mnist_run, tmp_path) -> None:
     run, data = mnist_run
     net = build_model(MODEL, input_shape=data.input_shape, output_dim=data.output_dim, seed=5)
-    ds = trajectory(net, data, run, out=tmp_path / "t.zarr", points=4, provenance={"model": MODEL})
+    ds = trajectory(net, data, run, out=tmp_path / "t.zarr", points=3, provenance={"model": MODEL})
     assert ds.attrs["status"] == "complete" and ds.attrs["directions"] == f"pca:{run}"
     ckpts = list_checkpoints(run)
     x, y = data.split("train")
@@ -149,7 +149,7 @@ def test_trajectory_store_true_and_plane_losses_against_plain_modules(mnist_run,
         projected = {k: (final[k].double() + cx * dirs[0][k].double() + cy * dirs[1][k].double()).float()
                      for k in final}
         assert ds["path_plane_train_loss"].values[i] == pytest.approx(plain_loss(net, projected, x, y), abs=1e-5)
-    assert list(ds["epoch"].values) == [0, 1, 2, 3, 4]
+    assert list(ds["epoch"].values) == [0, 1, 2, 3]
     # the grid spans the path with a margin; the centre is the final checkpoint
     assert ds.x.min() < ds.path_x.min() and ds.x.max() > ds.path_x.max() >= 0
     # drawn: on the static contour and on the report's contour, with the PCA numbers in their own section
@@ -192,9 +192,8 @@ def test_plane_through_three_models_reproduces_their_losses(tmp_path, bn) -> Non
     spec = PlaneSpec.parse("plane:" + ",".join(map(str, files)))
     x, y = data.split("train")
     ref = [plain_loss(make(), read_state_dict(f), x, y) for f in files]
-    grid: dict[str, Any] = {} if bn is BNPolicy.eval else {"x": Axis(-1, 1, 2), "y": Axis(-1, 1, 2)}  # CNN: few points
     ds = surface(make(seed=9), data, directions=spec, eval_spec=EvalSpec(bn=bn, splits=("train",)),
-                 out=tmp_path / "auto.zarr", **grid)
+                 x=Axis(-1, 1, 2), y=Axis(-1, 1, 2), out=tmp_path / "few.zarr")
     a, b, c = (ds.attrs["anchors"][n] for n in "ABC")
     states = [read_state_dict(f) for f in files]
     keys = [k for k, v in states[0].items() if v.is_floating_point() and (bn is BNPolicy.states or "running" not in k)]
@@ -202,14 +201,26 @@ def test_plane_through_three_models_reproduces_their_losses(tmp_path, bn) -> Non
     assert a == [0.0, 0.0] and b[1] == 0.0 and b[0] == pytest.approx(dist, rel=1e-12)
     np.testing.assert_allclose(ds["anchor_plane_train_loss"].values, ref, atol=1e-6)
     np.testing.assert_allclose(ds["anchor_train_loss"].values, ref, atol=1e-6)
-    if not grid:  # the automatic grid spans the three models with a margin
-        assert ds.x.min() < min(0, c[0]) and ds.x.max() > max(b[0], c[0]) and ds.y.min() < 0 < c[1] < ds.y.max()
+    if bn is BNPolicy.states:
+        return
     # the grid itself at the stated coordinates: A and B on one grid, C and B on another
     opts: dict[str, Any] = {"directions": spec, "eval_spec": EvalSpec(bn=bn, splits=("train",))}
     ab = surface(make(), data, x=Axis(0.0, b[0], 2), y=Axis(0.0, c[1], 2), out=tmp_path / "ab.zarr", **opts)
     cb = surface(make(), data, x=Axis(c[0], b[0], 2), y=Axis(0.0, c[1], 2), out=tmp_path / "cb.zarr", **opts)
     np.testing.assert_allclose([ab.train_loss.values[0, 0], ab.train_loss.values[1, 0], cb.train_loss.values[0, 1],
                                 cb.train_loss.values[1, 0]], [ref[0], ref[1], ref[2], ref[1]], atol=1e-6)
+
+
+def test_the_automatic_grid_spans_the_anchors_and_the_origin_with_a_margin() -> None:
+    coords = np.array([[0.0, 0.0], [2.9606, 0.0], [1.8468, 0.7824]])
+    x, y = anchor_axes(coords, points=7)
+    assert x.num == y.num == 7
+    assert x.start <= -0.25 * 2.9606 and x.stop >= 1.25 * 2.9606 and x.start > -0.26 * 2.9606 - 0.03
+    assert y.start <= -0.25 * 0.7824 and y.stop >= 1.25 * 0.7824
+    path = np.array([[23.28, 6.68], [9.37, -4.41], [0.0, 0.0]])
+    x, y = anchor_axes(path)
+    assert x.start <= -0.25 * 23.28 and x.stop >= 23.28 * 1.25 and y.start <= -4.41 - 0.25 * 11.09
+    assert x.num == 25 and x.values()[0] == x.start
 
 
 def test_plane_directions_are_gram_schmidt() -> None:
@@ -237,7 +248,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, mnist_run) -> None:
     other = tmp_path / "other.safetensors"
     save_file({k: v.contiguous() for k, v in mlp(hidden=5).state_dict().items()}, str(other))
     ckpts = [str(p) for p in list_checkpoints(run)]
-    base = ["--model", MODEL, "--data", "mnist1d:n=600"]
+    base = ["--model", MODEL, "--data", "mnist1d:n=400"]
     cases = [
         (["trajectory", *base, "--run", str(short), "--out", str(tmp_path / "a.zarr")], "has 2 checkpoints"),
         (["trajectory", *base, "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "a.zarr")], "does not exist"),
@@ -262,7 +273,7 @@ def test_trajectory_cli_prints_the_numbers_and_resumes_after_an_interrupt(tmp_pa
     from lossatlas.cli import app
 
     run, _ = mnist_run
-    args = ["trajectory", "--model", MODEL, "--data", "mnist1d:n=600", "--run", str(run), "--points", "5",
+    args = ["trajectory", "--model", MODEL, "--data", "mnist1d:n=400", "--run", str(run), "--points", "3",
             "--out", str(tmp_path / "t.zarr")]
     calls = {"n": 0}
 
@@ -270,7 +281,7 @@ def test_trajectory_cli_prints_the_numbers_and_resumes_after_an_interrupt(tmp_pa
 
     def interrupt_after_two_units(self: PointTask, unit: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 1:
             raise KeyboardInterrupt
         return original(self, unit)
 

@@ -17,11 +17,11 @@ from lossatlas.errors import UserInputError
 from lossatlas.params import read_state_dict
 from lossatlas.testing.reference import dense_hessian, spectrum
 from lossatlas.training import TrainSpec, checkpoint_path, list_checkpoints, train
-from lossatlas.training_logs import HISTOGRAMS, SHARPNESS, read_histograms
+from lossatlas.training_logs import HISTOGRAMS, SHARPNESS, append_rows, read_histograms
 from tests.conftest import make_classification, mlp
 
 SWITCH = TrainSpec(epochs=4, batch_size=16, lr=0.1, momentum=0.5, seed=2, switch_at=2, optimizer2="adam",  # type: ignore[arg-type]
-                   lr2=0.01, track_sharpness=5, sharpness_samples=40)
+                   lr2=0.01, track_sharpness=9, sharpness_samples=40)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -73,9 +73,9 @@ def test_switch_matches_a_plain_loop_and_resume_across_the_switch_is_bit_exact(t
         assert (tmp_path / "cut" / name).read_text() == (tmp_path / "full" / name).read_text()
     log = rows(tmp_path / "full" / SHARPNESS)
     steps_per_epoch = 5  # 70 samples in batches of 16
-    assert [int(r["step"]) for r in log] == list(range(0, 4 * steps_per_epoch + 1, 5))
-    assert [r["optimizer"] for r in log] == ["sgd"] * 3 + ["adam"] * 2
-    assert [float(r["two_over_lr"]) for r in log] == [20.0] * 3 + [200.0] * 2
+    assert [int(r["step"]) for r in log] == list(range(0, 4 * steps_per_epoch + 1, 9))
+    assert [r["optimizer"] for r in log] == ["sgd", "sgd", "adam"]  # steps 0, 9 (epoch 2), 18 (epoch 4)
+    assert [float(r["two_over_lr"]) for r in log] == [20.0, 20.0, 200.0]
 
 
 def test_sharpness_equals_the_dense_hessian_top_eigenvalue_on_the_subset(tmp_path) -> None:
@@ -179,9 +179,13 @@ def test_report_training_section_shows_norms_histograms_sharpness_and_the_switch
     from lossatlas.viz.report.builder import collect_sections
 
     data = make_classification(n=40)
-    spec = TrainSpec(epochs=3, batch_size=20, lr=0.1, seed=0, switch_at=1, optimizer2="adam", lr2=0.01,  # type: ignore[arg-type]
-                     track_sharpness=2, sharpness_samples=20)
+    spec = TrainSpec(epochs=3, batch_size=20, lr=0.1, seed=0, switch_at=1, optimizer2="adam", lr2=0.01)  # type: ignore[arg-type]
     train(mlp(), data, spec, tmp_path / "run")
+    # a sharpness log as train writes it with --track-sharpness 2 (its numbers are tested above)
+    rows_ = [{"step": s, "epoch": -(-s // 2), "lambda_max": 1.0 + s, "residual": 1e-4, "converged": 1, "matvecs": 9,
+              "optimizer": "sgd" if s <= 2 else "adam", "lr": 0.1 if s <= 2 else 0.01,
+              "two_over_lr": 20.0 if s <= 2 else 200.0} for s in (0, 2, 4, 6)]
+    append_rows(tmp_path / "run" / SHARPNESS, rows_)
     sections, _, problems = collect_sections(tmp_path)
     assert not problems
     (section,) = [s for s in sections if s.title.startswith("Training")]
