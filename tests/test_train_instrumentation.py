@@ -198,3 +198,11 @@ def test_report_training_section_shows_norms_histograms_sharpness_and_the_switch
     sharp = next(f for f in section.figures if "sharpness" in f.layout.title.text)
     np.testing.assert_allclose(sharp.data[1].y, [20.0, 20.0, 200.0, 200.0])  # steps 0, 2 with SGD; 4, 6 with Adam
     assert "3 checkpoints" not in section.html and "4 checkpoints" in section.html
+
+
+def test_a_diverged_run_logs_nan_sharpness_and_goes_on(tmp_path) -> None:
+    data = make_classification(n=20)
+    train(mlp(), data, TrainSpec(epochs=2, batch_size=10, lr=1e12, momentum=0.0, track_sharpness=2), tmp_path / "r")
+    log = rows(tmp_path / "r" / SHARPNESS)
+    assert [r["step"] for r in log] == ["0", "2", "4"]
+    assert np.isfinite(float(log[0]["lambda_max"])) and log[-1]["lambda_max"] == "nan" and log[-1]["converged"] == "0"

@@ -132,15 +132,20 @@ def sharpness_row(model: nn.Module, data: Any, spec: TrainSpec, step: int, epoch
     certified thick-restart Lanczos (:mod:`lossatlas.curvature.krylov`), beside 2/lr of the optimiser in use."""
     from lossatlas.curvature.hvp import HessianOperator
     from lossatlas.engine import EvalSpec, Evaluator
+    from lossatlas.errors import NonFiniteError
 
     n_train = int(data.split("train")[0].shape[0])
     subset = spec.sharpness_samples if spec.sharpness_samples < n_train else None
     evaluator = Evaluator(model, data, EvalSpec(loss=spec.loss, batch_size=max(spec.batch_size, 500),
                                                 splits=("train",), subset=subset, subset_seed=spec.seed),
                           device=device)
-    result = HessianOperator(evaluator).eigenpairs(1, "largest", tol=SHARPNESS_TOL,
-                                                   max_matvecs=SHARPNESS_MAX_MATVECS, seed=spec.seed)
     lr = spec.lr_in(phase)
-    return {"step": step, "epoch": epoch, "lambda_max": float(result.eigenvalues[0]),
-            "residual": float(result.residuals[0]), "converged": int(bool(result.converged[0])),
-            "matvecs": result.matvecs, "optimizer": spec.optimizer_in(phase).value, "lr": lr, "two_over_lr": 2.0 / lr}
+    row = {"step": step, "epoch": epoch, "lambda_max": float("nan"), "residual": float("nan"), "converged": 0,
+           "matvecs": 0, "optimizer": spec.optimizer_in(phase).value, "lr": lr, "two_over_lr": 2.0 / lr}
+    try:
+        result = HessianOperator(evaluator).eigenpairs(1, "largest", tol=SHARPNESS_TOL,
+                                                       max_matvecs=SHARPNESS_MAX_MATVECS, seed=spec.seed)
+    except NonFiniteError:  # a diverged run: log NaN and let training (and its own log) go on
+        return row
+    return {**row, "lambda_max": float(result.eigenvalues[0]), "residual": float(result.residuals[0]),
+            "converged": int(bool(result.converged[0])), "matvecs": result.matvecs}
