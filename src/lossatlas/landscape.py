@@ -10,7 +10,9 @@ running the same call again resumes an interrupted run and ends with the same nu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +45,7 @@ from lossatlas.params import (
     read_state_dict,
     tensors_sha256,
 )
-from lossatlas.store import open_surface, update_attrs
+from lossatlas.store import load_directions, open_surface, read_attrs, update_attrs
 from lossatlas.store import provenance as _provenance
 
 AUTO_POINTS = 25
@@ -60,10 +62,42 @@ class ModelSource(Protocol):
     def build(self, theta: Mapping[str, Tensor]) -> ModelDirections: ...
 
 
+@contextmanager
+def _result_store(out: str | Path | None) -> Iterator[Path]:
+    """``out`` itself, or (``out=None``) a temporary store deleted once the result is in memory."""
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="lossatlas-") as tmp:
+        yield Path(tmp) / "result.zarr"
+
+
+def is_store_path(value: Any) -> bool:
+    """Whether a ``directions`` value names a stored run (a path ending in ``.zarr`` or an existing folder)."""
+    return isinstance(value, str | Path) and (str(value).rstrip("/").endswith(".zarr") or Path(value).is_dir())
+
+
+def directions_from_store(path: str | Path, n: int) -> tuple[list[dict[str, Tensor]], dict[str, Any]]:
+    """The first ``n`` directions a stored run used (as loss-landscape's ``--dir_file``) and the attrs to record.
+
+    The same plane can then be mapped at other checkpoints or BN settings. A Hessian result's eigenvectors
+    work too (top first, then bottom).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"--directions: store '{path}' does not exist; pass the --out of a surface run")
+    dirs = load_directions(path)
+    if len(dirs) < n:
+        raise UserInputError(f"--directions: '{path}' holds {len(dirs)} direction(s), a {n}D grid needs {n}")
+    source = read_attrs(path)
+    extra: dict[str, Any] = {k: source[k] for k in ("seed", "norm", "ignore") if k in source}
+    return dirs[:n], {**extra, "directions_from": str(path)}
+
+
 def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis | str | None = None,
-            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | str | ModelSource | ModelDirections | None
-            = None,
-            eval_spec: EvalSpec | None = None, out: str | Path, overwrite: bool = False,
+            directions: DirectionSpec | Sequence[Mapping[str, Tensor]] | str | Path | ModelSource | ModelDirections
+            | None = None,
+            eval_spec: EvalSpec | None = None, out: str | Path | None = None, overwrite: bool = False,
             provenance: Mapping[str, Any] | None = None, executor: Executor | None = None,
             progress: Progress | None = None, device: str = "cpu", hessian: bool | Any = False) -> xr.Dataset:
     """The loss surface around ``model``'s weights θ (Li et al. 2018).
@@ -81,11 +115,15 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
             centred at A; Garipov et al. 2018) or ``"pca:RUN_DIR"`` / :class:`~lossatlas.paths.pca.PCASpec`
             (a training run's PCA plane, centred at its final checkpoint; Li et al. 2018). Those replace
             ``model``'s weights by the centre's and store the anchors (A, B, C or the path): coordinates,
-            off-plane residual, the loss of each checkpoint as it is and the loss at its projection.
+            off-plane residual, the loss of each checkpoint as it is and the loss at its projection. Or the
+            path of a stored run (``"run/surface.zarr"``): its directions are reused, so one plane can be
+            compared across checkpoints and BN settings (:func:`directions_from_store`).
         eval_spec: loss, batch size and BN policy.
         hessian: ``True`` or a :class:`lossatlas.curvature.maps.ConvexitySpec`: also store ``lambda_max``,
             ``lambda_min`` and ``convexity_ratio`` = |λmin/λmax| at every point (Li et al. 2018, Fig. 7).
-        out: zarr store path; an existing store of the same configuration is resumed.
+        out: zarr store path; an existing store of the same configuration is resumed. ``None``: compute in
+            a temporary store and return the Dataset only (nothing kept on disk, no resume, and the
+            directions are not kept: pass ``out`` to reuse them).
         provenance: strings to record (``model`` and ``data`` specs, ``checkpoint_sha256``, ...).
 
     Returns:
@@ -97,7 +135,8 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
     prov = dict(provenance or {})
     if source is not None:
         model = load_checkpoint(model, source.centre)
-        prov.update(checkpoint=str(source.centre), checkpoint_sha256=file_sha256(source.centre))
+        prov.update(checkpoint=str(source.centre), checkpoint_sha256=file_sha256(source.centre),
+                    weights=f"checkpoint {source.centre}")
     evaluator = Evaluator(model, data, spec, device=device)
     theta = evaluator.theta()
     anchors = None
@@ -113,6 +152,12 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
     if y is not None:
         axes["y"] = Axis.parse(y, "--y").values()
     extra: dict[str, Any] = {"x": str(Axis.parse(x)), "y": str(Axis.parse(y)) if y is not None else ""}
+    reused: dict[str, Any] = {}
+    if anchors is None and directions != "hessian" and is_store_path(directions):
+        stored, reused = directions_from_store(directions, len(axes))  # type: ignore[arg-type]
+        directions = stored
+    elif isinstance(directions, Path):
+        raise UserInputError(f"--directions '{directions}' is not a stored run; pass a .zarr store of a lossatlas run")
     if anchors is not None:
         dirs = [{k: d[k].to(theta[k].dtype) for k in theta} for d in anchors.directions]
         extra.update(anchors.attrs)
@@ -136,12 +181,19 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
     else:
         dirs = [{k: d[k].to(theta[k].dtype) for k in theta} if all(k in d for k in theta) else dict(d)
                 for d in directions]  # type: ignore[union-attr]
-        check_directions(dirs, theta)
+        try:
+            check_directions(dirs, theta)
+        except UserInputError as exc:
+            if not reused:
+                raise
+            raise UserInputError(f"--directions '{reused['directions_from']}' does not fit this model: {exc}"
+                                 ) from None
         if len(dirs) != len(axes):
             raise UserInputError(f"{len(axes)} grid axes need {len(axes)} directions, got {len(dirs)}")
         extra.update(seed=-1, norm="given", ignore="given",
                      directions="given:" + tensors_sha256({f"{i}.{k}": v for i, d in enumerate(dirs)
                                                            for k, v in d.items()})[:16])
+        extra.update(reused)
     task = PointTask(evaluator, theta, dirs)
     if hessian:
         from lossatlas.curvature.maps import ConvexitySpec, CurvatureTask
@@ -150,10 +202,11 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
         task = CurvatureTask(evaluator, theta, dirs, cspec)
         extra["hessian"] = cspec.describe()
     attrs = _provenance("surface", model, data, spec, extra, prov)
-    ds = run_grid(task, axes, out, attrs, overwrite, executor, progress)
-    if anchors is not None:
-        write_anchors(out, anchors, evaluator, theta, dirs)
-        ds = open_surface(out)
+    with _result_store(out) as path:
+        ds = run_grid(task, axes, path, attrs, overwrite, executor, progress)
+        if anchors is not None:
+            write_anchors(path, anchors, evaluator, theta, dirs)
+            ds = open_surface(path)
     return ds
 
 
@@ -224,13 +277,13 @@ def interpolation_point(model: nn.Module) -> ParamDict:
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, x: Axis | str = "-0.5:1.5:41",
-                eval_spec: EvalSpec | None = None, out: str | Path, overwrite: bool = False,
+                eval_spec: EvalSpec | None = None, out: str | Path | None = None, overwrite: bool = False,
                 provenance: Mapping[str, Any] | None = None, executor: Executor | None = None,
                 progress: Progress | None = None, device: str = "cpu") -> xr.Dataset:
     """L((1 − α) θ_A + α θ_B) for α on ``x`` (Goodfellow et al. 2015; Li et al. 2018 Fig. 2).
 
     Parameters and BN running statistics are interpolated together, so α = 0 is exactly model A and
-    α = 1 exactly model B (include 0 and 1 in ``x`` to get the endpoints).
+    α = 1 exactly model B (include 0 and 1 in ``x`` to get the endpoints). ``out=None`` computes in memory.
     """
     spec = eval_spec or EvalSpec()
     axis = Axis.parse(x, "--x")
@@ -246,8 +299,10 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, x: Axis | 
              "directions": "between", "checkpoint2_sha256": prov.pop("checkpoint2_sha256", None)
              or tensors_sha256(model_b.state_dict())}
     attrs = _provenance("interpolation", model_a, data, spec, extra, prov)
-    return run_grid(PointTask(evaluator, theta_a, [direction]), {"x": axis.values()}, out, attrs,
-                    overwrite, executor, progress)
+    with _result_store(out) as path:
+        return run_grid(PointTask(evaluator, theta_a, [direction]), {"x": axis.values()}, path, attrs,
+                        overwrite, executor, progress)
 
 
-__all__ = ["anchor_axes", "interpolate", "interpolation_point", "model_source", "surface", "write_anchors"]
+__all__ = ["anchor_axes", "directions_from_store", "interpolate", "interpolation_point", "is_store_path",
+           "model_source", "surface", "write_anchors"]

@@ -64,6 +64,20 @@ def warning_line(message: str) -> None:
     console.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
 
 
+_PENDING: list[str] = []
+
+
+def warn_when_running(message: str) -> None:
+    """A warning shown once the work starts (the first progress update) or when the command ends, and dropped
+    if the command stops at a user error first, so that error stays one line."""
+    _PENDING.append(message)
+
+
+def _flush_warnings() -> None:
+    while _PENDING:
+        warning_line(_PENDING.pop(0))
+
+
 def user_errors(fn: F | None = None, *, interrupted: str = RESUMABLE) -> Any:
     """Turn user errors into one red line + exit 2, and Ctrl-C into a clean stop (exit 130).
 
@@ -74,14 +88,18 @@ def user_errors(fn: F | None = None, *, interrupted: str = RESUMABLE) -> Any:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _PENDING.clear()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except (UserInputError, NonFiniteError) as exc:
+                _PENDING.clear()
                 error_line(str(exc))
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 console.print(Text.assemble(("interrupted: ", "yellow"), interrupted), soft_wrap=True)
                 raise typer.Exit(130) from None
+            _flush_warnings()
+            return result
 
         return wrapper  # type: ignore[return-value]
 
@@ -99,6 +117,7 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     def update(done: int, total: int, description: str | None = None) -> None:
         nonlocal started
         if not started:
+            _flush_warnings()
             bar.start()
             started = True
         if description:
@@ -182,26 +201,84 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0
-                 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Dataset, model (checkpoint loaded) and provenance strings for a command."""
+def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0,
+                 warn_untrained: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """Dataset, model (checkpoint loaded) and provenance strings for a command.
+
+    Without a checkpoint the model keeps its random initialisation: ``warn_untrained`` prints a yellow warning
+    when the work starts (commands that map a landscape almost always meant to pass ``--checkpoint``) and the
+    provenance records
+    ``weights`` (:data:`lossatlas.viz.describe.UNTRAINED`), which the summary and the report show.
+    """
     from lossatlas.data import load_data
     from lossatlas.models import build_model
     from lossatlas.params import file_sha256, load_checkpoint
+    from lossatlas.viz.describe import UNTRAINED
 
     data = load_data(data_spec)
     model = build_model(model_spec, input_shape=data.input_shape, output_dim=data.output_dim, seed=model_seed)
     provenance: dict[str, Any] = {"model": model_spec, "data": data_spec, "model_seed": model_seed}
     if checkpoint is not None:
         model = load_checkpoint(model, checkpoint)
-        provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+        provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
+                          weights=f"checkpoint {checkpoint}")
+    elif warn_untrained:
+        provenance["weights"] = UNTRAINED
+        warn_when_running(f"no --checkpoint: using the model's untrained initial weights (seed {model_seed}); "
+                     "pass --checkpoint FILE to map a trained model")
     return data, model, provenance
 
 
-def summary(ds: Any, out: Path) -> None:
+def out_line(text: str) -> None:
+    """One line on stdout, verbatim (no markup, no highlighting, never wrapped inside a path or number)."""
+    out_console.print(Text(text), soft_wrap=True, highlight=False)
+
+
+def summary(ds: Any, out: Path | None) -> None:
+    """``wrote OUT (11 × 11 points; min train loss … at …; centre …; non-finite points: 0) [subset 10%]`` and
+    the notes a reader must see (subset estimate, BN statistics re-estimated)."""
+    from lossatlas.viz.describe import notes, qualifiers
+
     bad = int(ds.attrs.get("nonfinite_points", 0))
-    dims = " × ".join(str(ds.sizes[d]) for d in ds["train_loss"].dims)
-    loss = ds["train_loss"].values
-    finite = loss[~(loss != loss)]
-    low = f"{float(finite.min()):.6g}" if finite.size else "n/a"
-    out_console.print(f"wrote {out} ({dims} points; min train loss {low}; non-finite points: {bad})")
+    metric = "train_loss" if "train_loss" in ds else next(iter(ds.data_vars))
+    dims = " × ".join(str(ds.sizes[d]) for d in ds[metric].dims)
+    parts = [f"{dims} points", *_loss_summary(ds, metric), f"non-finite points: {bad}"]
+    tags = qualifiers(ds.attrs)
+    line = f"wrote {out} ({'; '.join(parts)})" + (f" [{', '.join(tags)}]" if tags else "")
+    out_line(line)
+    for note in notes(ds.attrs):
+        if not note.startswith("untrained"):  # the warning was printed when the model was loaded
+            out_line(f"note: {note}")
+
+
+def _loss_summary(ds: Any, metric: str) -> list[str]:
+    """``min train loss 0.1235 ± 0.0057 at x = -0.4, y = 0`` and the value at the centre (x = 0, y = 0)."""
+    import numpy as np
+
+    from lossatlas.engine.subset import Z95
+    from lossatlas.viz.describe import sig, with_error
+
+    var = ds[metric]
+    values = np.asarray(var.values, dtype=float)
+    se = ds.get(f"{metric}_stderr")
+    half = Z95 * np.asarray(se.values, dtype=float) if se is not None else None
+    name = metric.replace("_", " ")
+
+    def show(index: tuple[int, ...]) -> str:
+        v = values[index]
+        return with_error(v, half[index]) + " (95%)" if half is not None else sig(v)
+
+    if not np.isfinite(values).any():
+        return [f"no finite {name}"]
+    best = tuple(int(i) for i in np.unravel_index(int(np.nanargmin(np.where(np.isfinite(values), values, np.nan))),
+                                                  values.shape))
+    where = ", ".join(f"{d} = {sig(ds[d].values[i])}" for d, i in zip(var.dims, best, strict=True))
+    out = [f"min {name} {show(best)} at {where}"]
+    centre = []
+    for d in var.dims:
+        hit = np.flatnonzero(np.asarray(ds[d].values) == 0.0)
+        centre.append(int(hit[0]) if hit.size else None)
+    label = "α = 0" if ds.attrs.get("kind") == "interpolation" else "centre"
+    if all(i is not None for i in centre):
+        out.append(f"{label} {show(tuple(centre))}")  # type: ignore[arg-type]
+    return out

@@ -57,7 +57,8 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
                 "--directions", metavar="random|hessian|plane:A,B,C|pca:RUN_DIR",
                 help="random (filter-normalised), hessian (top Hessian eigenvectors), plane:A,B,C (the plane "
                      "through three checkpoints, centred at A; unit directions, B at (‖B−A‖, 0)) or pca:RUN_DIR "
-                     "(a training run's PCA plane, centred at its last checkpoint; uses --ignore).")
+                     "(a training run's PCA plane, centred at its last checkpoint; uses --ignore), or STORE.zarr "
+                     "(reuse a stored run's directions: one plane across checkpoints or --bn settings).")
             ] = DirectionKind.random.value,
             hessian: Annotated[bool, typer.Option(
                 "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
@@ -75,7 +76,8 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
     espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset), subset_seed=seed,
                      memory_bytes=parse_memory(memory))
     with make_executor(workers, scheduler) as executor:  # first: a wrong --scheduler fails fast
-        dataset, net, provenance = load_problem(model, data, checkpoint)
+        from_models = directions.startswith(("plane:", "pca:"))  # centred at a checkpoint of their own
+        dataset, net, provenance = load_problem(model, data, checkpoint, warn_untrained=not from_models)
         with progress_bar("surface") as update:
             ds = compute(net, dataset, x=x_axis, y=y_axis, eval_spec=espec, out=out,
                          directions=chosen,
@@ -116,7 +118,12 @@ def surface_directions(text: str, dspec: Any, checkpoint: Path | None) -> Any:
                                  "model A / the run's last checkpoint); drop it")
         return PlaneSpec.parse(text) if text.startswith("plane:") else PCASpec.parse(text, ignore=dspec.ignore,
                                                                                       seed=dspec.seed)
-    raise UserInputError(f"--directions must be random, hessian, plane:A,B,C or pca:RUN_DIR, got '{text}'")
+    from lossatlas.landscape import is_store_path
+
+    if is_store_path(text):  # a stored run: its directions, reused
+        return Path(text)
+    raise UserInputError(f"--directions must be random, hessian, plane:A,B,C, pca:RUN_DIR or a stored run "
+                         f"(STORE.zarr), got '{text}'")
 
 
 @app.command()

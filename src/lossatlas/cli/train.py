@@ -57,7 +57,7 @@ def train(model: ModelOpt, data: DataOpt,
                      optimizer2=optimizer2, lr2=lr2, track_sharpness=track_sharpness,
                      sharpness_samples=sharpness_samples)
     device = check_device(device)
-    dataset, net, provenance = load_problem(model, data, None, model_seed=seed)
+    dataset, net, provenance = load_problem(model, data, None, model_seed=seed, warn_untrained=False)
     done: list[int] = []
     with progress_bar("training") as update:
         def report(epoch: int, total: int, metrics: dict[str, float]) -> None:
