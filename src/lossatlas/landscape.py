@@ -179,6 +179,7 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
         dirs = random_directions(theta, dspec, len(axes))
         extra.update(seed=dspec.seed, norm=dspec.norm.value, ignore=dspec.ignore.value, directions="random")
     else:
+        assert not isinstance(directions, str | Path)
         dirs = [{k: d[k].to(theta[k].dtype) for k in theta} if all(k in d for k in theta) else dict(d)
                 for d in directions]  # type: ignore[union-attr]
         try:

@@ -33,6 +33,7 @@ from lossatlas.cli.common import (
     summary,
     user_errors,
 )
+from lossatlas.directions import DirectionSpec
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.engine.subset import parse_subset
 from lossatlas.errors import UserInputError
@@ -64,7 +65,6 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
                 "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
             ] = False) -> None:
     """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
-    from lossatlas.directions import DirectionSpec
     from lossatlas.engine import EvalSpec
     from lossatlas.grid import Axis
     from lossatlas.landscape import surface as compute

@@ -118,6 +118,25 @@ def notes(attrs: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def log_ticks(lo: float, hi: float, most: int = 8) -> tuple[list[float], list[str]]:
+    """Colour-bar ticks for values plotted as log10: positions (log10 units) and labels in the values' own units.
+
+    ``log_ticks(-4.2, 0.4)`` → ``([-4, -3, -2, -1, 0], ["0.0001", "0.001", "0.01", "0.1", "1"])``; within less than
+    two decades 2× and 5× steps are added, and within less than a factor 2 the ends and the middle are used.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        return [], []
+    first, last = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    step = max(1, math.ceil((last - first + 1) / most))
+    values = [float(e) for e in range(first, last + 1, step)]
+    if len(values) < 3:
+        values = sorted({math.log10(m) + e for e in range(first - 1, last + 2) for m in (1, 2, 5)
+                         if lo - 1e-9 <= math.log10(m) + e <= hi + 1e-9})
+    if len(values) < 2:  # less than a factor 2 in range: the ends and the middle
+        values = [lo, (lo + hi) / 2, hi]
+    return values, [f"{10 ** v:.3g}" for v in values]
+
+
 _COMPARED = ("model", "checkpoint", "weights", "data", "bn", "loss", "subset", "directions", "norm", "ignore",
              "seed", "x", "y", "kind")
 
@@ -144,5 +163,5 @@ def differing_settings(attrs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [", ".join(f"{k}={_short(k, a.get(k))}" for k in keys) for a in attrs]
 
 
-__all__ = ["BN_RECOMPUTE_NOTE", "UNTRAINED", "differing_settings", "notes", "qualifiers", "sig", "subset_note",
-           "subset_tag", "titled", "untrained", "with_error"]
+__all__ = ["BN_RECOMPUTE_NOTE", "UNTRAINED", "differing_settings", "log_ticks", "notes", "qualifiers", "sig",
+           "subset_note", "subset_tag", "titled", "untrained", "with_error"]

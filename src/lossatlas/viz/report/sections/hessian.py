@@ -51,19 +51,29 @@ def _eigen_table(ds: xr.Dataset) -> str:
 
 
 def _spectrum_figure(ds: xr.Dataset) -> go.Figure | None:
-    fig = go.Figure()
-    for end, color in (("top", "#1f77b4"), ("bottom", "#d62728")):
-        if f"{end}_eigenvalues" in ds:
-            v = finite(ds[f"{end}_eigenvalues"].values)
-            r = finite(ds[f"{end}_residuals"].values)
-            fig.add_trace(go.Scatter(x=np.arange(1, len(v) + 1), y=v, mode="markers", name=f"{end}-{len(v)}",
-                                     marker={"color": color, "size": 9},
-                                     error_y={"type": "data", "array": r, "visible": True},
-                                     hovertemplate="rank %{x}<br>λ = %{y:.8g}<extra></extra>"))
-    if not fig.data:
+    """Top-k and bottom-k eigenvalues against their rank, each end in its own panel with its own linear y axis:
+    on one axis the bottom end (often |λ| ≪ λmax, near 0) would be a flat row of dots at zero."""
+    from plotly.subplots import make_subplots
+
+    ends = [(end, color) for end, color in (("top", "#1f77b4"), ("bottom", "#d62728"))
+            if f"{end}_eigenvalues" in ds]
+    if not ends:
         return None
+    titles = [f"{'largest' if end == 'top' else 'smallest'} {ds.sizes[end]}" for end, _ in ends]
+    fig = make_subplots(rows=1, cols=len(ends), subplot_titles=titles, horizontal_spacing=0.14)
+    for col, (end, color) in enumerate(ends, start=1):
+        v = finite(ds[f"{end}_eigenvalues"].values)
+        r = finite(ds[f"{end}_residuals"].values)
+        fig.add_trace(go.Scatter(x=np.arange(1, len(v) + 1), y=v, mode="markers", name=f"{end}-{len(v)}",
+                                 marker={"color": color, "size": 9}, showlegend=False,
+                                 error_y={"type": "data", "array": r, "visible": True},
+                                 hovertemplate="rank %{x}<br>λ = %{y:.8g}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="rank", dtick=1, row=1, col=col)
+        fig.update_yaxes(title_text="eigenvalue" if col == 1 else None, exponentformat="power", row=1, col=col)
+        if np.isfinite(v).any() and np.nanmin(v) <= 0 <= np.nanmax(v):  # a sign change: show zero
+            fig.add_hline(y=0.0, line={"color": "grey", "width": 0.5}, row=1, col=col)
     fig.update_layout(template=TEMPLATE, height=380, title={"text": "extreme Hessian eigenvalues"},
-                      xaxis_title="rank", yaxis_title="eigenvalue", margin={"l": 50, "r": 10, "t": 50, "b": 45})
+                      margin={"l": 60, "r": 20, "t": 70, "b": 45})
     return fig
 
 
@@ -85,6 +95,7 @@ def _density_figure(ds: xr.Dataset) -> go.Figure | None:
             fig.add_vline(x=float(v), line={"color": "#d62728", "dash": "dash", "width": 1})
     fig.update_layout(template=TEMPLATE, height=380, title={"text": "spectral density (stochastic Lanczos quadrature)"},
                       xaxis_title="eigenvalue", yaxis_title="density", yaxis_type="log",
+                      yaxis_exponentformat="power",
                       margin={"l": 50, "r": 10, "t": 50, "b": 45}, legend={"orientation": "h", "y": -0.2})
     return fig
 

@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
+from lossatlas.viz.describe import sig
 from lossatlas.viz.report.figures import TEMPLATE, curves_1d, finite, metric_table
 from lossatlas.viz.report.registry import Section, plotly_text, register_artifact
 
@@ -145,10 +146,10 @@ def training_section(path: Path) -> Section | None:
     metrics = [str(n) for n in ds.data_vars if str(n).endswith(("_loss", "_accuracy"))]
     others = [str(n) for n in ds.data_vars if str(n) not in metrics and not str(n).startswith(_NORM)]
     for name in metrics + others:
-        rows.append((f"final {name}", f"{ds[name].values[-1]:.5g}"))
+        rows.append((f"final {name}", sig(ds[name].values[-1])))
     what = f"{config.get('model', '?')} on {config.get('data', '?')}" if config else ""
     fig = curves_1d(ds[metrics] if metrics else ds, title=f"training — {what}" if what else "training",
-                    xlabel="epoch")
+                    xlabel="epoch", integer_x=True)
     _mark_switch(fig, train_cfg)
     figures = [fig]
     norms = _norms_figure(ds, train_cfg)
