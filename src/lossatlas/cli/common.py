@@ -30,16 +30,40 @@ from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used 
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.errors import NonFiniteError, UserInputError
 
+_METAVARS = {"<int>": "N", "<float>": "NUMBER", "<path>": "PATH", "<str>": "TEXT"}
+"""What an option without its own metavar shows instead of a Python type."""
+
 
 def _flag_type(self: Any, ctx: Any) -> str | None:
-    """Typer shows ``<bool>`` beside every flag (``--help`` too); a flag takes no value, so show nothing."""
+    """Typer shows ``<bool>`` beside every flag (``--help`` too); a flag takes no value, so show nothing. Other
+    Python types read as metavars (``<int>`` → ``N``, ``<float>`` → ``NUMBER``), choices as ``a|b``."""
     if getattr(self, "is_flag", False) and not getattr(self, "count", False):
         return ""
-    return _option_type(self, ctx)  # type: ignore[no-any-return]
+    shown = _option_type(self, ctx)
+    if isinstance(shown, str) and shown.startswith("<") and shown.endswith(">") and not self.metavar:
+        return _METAVARS.get(shown, shown[1:-1])
+    return shown  # type: ignore[no-any-return]
 
 
 _option_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
+def _argument_type(self: Any, ctx: Any) -> str | None:
+    """An argument with a metavar (``STORE``) needs no Python type beside it (``<path>``, ``<list[Path]>``)."""
+    return "" if self.metavar else _plain_argument_type(self, ctx)  # type: ignore[no-any-return]
+
+
+def _argument_usage(self: Any) -> str:
+    """``STORE`` / ``[STORE]`` / ``STORE...`` on the usage line (Typer writes ``{STORE}``, a Python-ish set)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 and not name.rstrip("]").endswith("...") else "")
+
+
+_plain_argument_type = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lossatlas: loss landscapes of neural networks — surfaces, curvature, paths, studies.")
@@ -133,38 +157,31 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
 
 
 # -- shared option types --------------------------------------------------------------------------
-ModelOpt = Annotated[str, typer.Option("--model", metavar="SPEC", help="zoo:NAME[:key=value,...], "
-                                                                       "file.py:function[:key=value,...] or "
-                                                                       "package.module:function.")]
+ModelOpt = Annotated[str, typer.Option("--model", metavar="SPEC", help="zoo:NAME, file.py:function or "
+                                                                       "package.module:function [:key=value,...].")]
 DataOpt = Annotated[str, typer.Option("--data", metavar="SPEC", help="mnist1d, digits, teacher, xor, jellyfish, "
-                                                                     "spirals [:key=value,...], file.npz, "
-                                                                     "file.py:function or module:function.")]
+                                                                     "spirals, file.npz or file.py:function "
+                                                                     "[:key=value,...].")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE",
-                                                    help="Weights (.safetensors or .pt); without it the model's "
-                                                         "untrained initial weights are used.")]
-SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of every random choice; stored with the "
-                                                                  "result.")]
+                                                    help="Weights (.safetensors or .pt); default: the untrained "
+                                                         "initialisation (with a warning).")]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of every random choice (stored).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", help="Samples per forward pass.")]
-LossOpt = Annotated[str, typer.Option("--loss", metavar="SPEC", help="cross_entropy, mse, or "
-                                                                     "module:function[:key=value,...] returning one "
-                                                                     "loss per sample.")]
-BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics at a point: stored (eval), "
-                                                      "re-estimated on the training split (recompute), or "
-                                                      "perturbed with the weights (states, needs --ignore none).")]
+LossOpt = Annotated[str, typer.Option("--loss", metavar="SPEC", help="cross_entropy, mse, or module:function "
+                                                                     "returning one loss per sample.")]
+BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: stored (eval), re-estimated on the "
+                                                      "training split (recompute), or perturbed (states).")]
 OutStoreOpt = Annotated[Path, typer.Option("--out", metavar="PATH", help="Result store (a .zarr directory).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing result, discarding its "
                                                                 "progress.")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", metavar="N", help="Run on a local Dask cluster of N "
-                                                                               "worker processes (one thread each).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", metavar="N", help="Local Dask cluster of N worker "
+                                                                               "processes.")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS",
-                                                  help="Run on an existing Dask cluster: its scheduler address, "
-                                                       "tcp://HOST:8786.")]
+                                                  help="Existing Dask cluster (tcp://HOST:8786).")]
 SubsetOpt = Annotated[str | None, typer.Option("--subset", metavar="FRACTION|COUNT",
-                                               help="Evaluate on one fixed stratified subset (0.1 or 500); stores "
-                                                    "*_stderr.")]
-MemoryOpt = Annotated[str, typer.Option("--memory", metavar="SIZE", help="Memory for one batched pass (e.g. 2GB); "
-                                                                         "decides how many points share a pass.")]
+                                               help="A fixed stratified subset (0.1 or 500); stores *_stderr.")]
+MemoryOpt = Annotated[str, typer.Option("--memory", metavar="SIZE", help="Memory per batched pass (e.g. 2GB).")]
 GridOpt = "MIN:MAX:N"
 
 
