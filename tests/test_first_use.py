@@ -182,3 +182,33 @@ def test_differing_settings_name_what_differs() -> None:
                                              "checkpoint=epoch_0004.safetensors, bn=recompute",
                                              "checkpoint=epoch_0000.safetensors, bn=eval"]
     assert differing_settings([a, dict(a)]) == ["", ""] and differing_settings([a]) == [""]
+
+
+@pytest.mark.parametrize("command", ["surface", "interpolate", "plot", "compare", "export", "report"])
+def test_help_shows_metavars_and_choices_on_one_screen(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+    text = result.output
+    for leak in ("<list[", "<path>", "<int>", "<float>", "<str>", "{STORE", "<bool>"):
+        assert leak not in text, (command, leak)
+    assert len(text.splitlines()) <= 55, (command, len(text.splitlines()))  # one screen at 100 columns
+    if command in ("plot", "compare"):
+        assert "contour|contourf|heatmap|surface3d" in text and "auto|linear|log|li" in text
+    if command == "plot":
+        assert "png|pdf|svg" in text
+    if command == "export":
+        assert "vtu|obj|stl|ply|csv" in text
+
+
+def test_hessian_without_checkpoint_warns_too(toy, tmp_path: Path) -> None:
+    npz, _ = toy
+    result = invoke("hessian", "--model", MODEL, "--data", npz, "--top", "1", "--out", tmp_path / "h.json")
+    assert result.exit_code == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning: no --checkpoint")]
+    from lossatlas.curvature.analysis import open_hessian
+
+    assert open_hessian(tmp_path / "h.json").attrs["weights"] == UNTRAINED
+    # a user error stays one line: the pending warning is dropped
+    bad = invoke("hessian", "--model", MODEL, "--data", npz, "--params", "nothing-matches", "--out",
+                 tmp_path / "h2.json")
+    assert bad.exit_code == 2 and [line for line in bad.stderr.splitlines() if line.strip()][0].startswith("error:")
+    assert "warning" not in bad.stderr
