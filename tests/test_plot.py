@@ -198,10 +198,10 @@ def test_one_d_store_refuses_two_d_options_in_one_line(tmp_path: Path) -> None:
                attrs={"kind": "surface"}).to_zarr(tmp_path / "line.zarr", consolidated=False)
     with pytest.raises(UserInputError, match=r"--kind, --vmin only apply to 2D stores; 'line.zarr' is a 1D curve"):
         plot_store(tmp_path / "line.zarr", kinds=[PlotKind.heatmap], levels=Levels(vmin=0.5))
-    with pytest.raises(UserInputError, match=r"^--levels only apply"):
+    with pytest.raises(UserInputError, match=r"^--levels only applies"):
         plot_store(tmp_path / "line.zarr", levels=Levels(scheme="li"))
     assert [p.name for p in plot_store(tmp_path / "line.zarr", log=True, fmt="svg")] == ["line_1d.svg"]
-    _one_line_error(("plot", str(tmp_path / "line.zarr"), "--vlevel", "0.1"), "--vlevel only apply to 2D stores")
+    _one_line_error(("plot", str(tmp_path / "line.zarr"), "--vlevel", "0.1"), "--vlevel only applies to 2D stores")
 
 
 def test_formats_png_pdf_svg(tmp_path: Path) -> None:
@@ -256,6 +256,12 @@ def test_log_colour_bars_read_in_loss_units(tmp_path: Path) -> None:
     np.testing.assert_allclose(bar.get_yticks(), [0, 1, 2, 3])
     assert "train_loss (log scale)" == bar.get_ylabel()
     assert fig.get_suptitle() == "train_loss: shared colour scale 1 to 1526, 30 log-spaced levels"
+    plt.close(fig)
+    # without --log the auto levels are log-spaced (LogNorm) for this range: the same ticks, in value space
+    fig = compare_figure([tmp_path / "a.zarr", tmp_path / "c.zarr"])
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["1", "10", "100", "1e+03"]
+    np.testing.assert_allclose(bar.get_yticks(), [1, 10, 100, 1000])
     plt.close(fig)
     fig = figure_2d(open_surface(tmp_path / "c.zarr"), "train_loss", PlotKind.contour, log=True)
     texts = [t.get_text() for t in fig.axes[0].texts]  # contour labels in loss units too
@@ -327,3 +333,21 @@ def test_plot_surface_is_oriented_like_the_cli_plots(tmp_path: Path) -> None:
     line = la.plot_surface(ds.isel(y=2).drop_vars("y"))
     assert line.axes[0].get_xlabel() == "x"
     plt.close(line)
+
+
+def test_compare_knows_reused_directions_span_the_same_plane(tmp_path: Path) -> None:
+    """A store made with ``directions=a.zarr`` records directions "given:…", its source "random": one plane."""
+    from lossatlas.directions import DirectionSpec
+    from lossatlas.landscape import surface
+    from tests.conftest import make_classification, mlp
+
+    data = make_classification()
+    a = surface(mlp(), data, x="-1:1:3", y="-1:1:3", out=tmp_path / "a.zarr")
+    b = surface(mlp(seed=1), data, x="-1:1:3", y="-1:1:3", directions=tmp_path / "a.zarr", out=tmp_path / "b.zarr")
+    surface(mlp(), data, x="-1:1:3", y="-1:1:3", directions=DirectionSpec(seed=4), out=tmp_path / "c.zarr")
+    fig = compare_figure([tmp_path / f"{n}.zarr" for n in "abc"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    sha_a, sha_b = a.attrs["checkpoint_sha256"][:8], b.attrs["checkpoint_sha256"][:8]
+    assert titles == [f"a\nsha256={sha_a}, directions=plane 1, seed=0", f"b\nsha256={sha_b}, directions=plane 1, seed=0",
+                      f"c\nsha256={sha_a}, directions=plane 2, seed=4"]
+    plt.close(fig)

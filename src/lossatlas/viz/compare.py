@@ -10,6 +10,7 @@ between the stores (``bn=eval`` vs ``bn=recompute``, checkpoint file names, ...)
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,14 +37,37 @@ from lossatlas.viz.plot import (
 _MAX_PANELS = 16
 
 
+def _planes(paths: Sequence[Path], datasets: Sequence[xr.Dataset]) -> list[str]:
+    """``"plane 1"``, ``"plane 2"``, …: stores whose stored directions are identical share a label (a store made
+    with ``--directions other.zarr`` lies in the same plane as ``other.zarr``, though its attrs say "given")."""
+    from lossatlas.params import tensors_sha256
+    from lossatlas.store import load_directions
+
+    seen: dict[str, str] = {}
+    labels = []
+    for path, ds in zip(paths, datasets, strict=True):
+        try:
+            dirs = load_directions(path)
+            key = tensors_sha256({f"{i}.{k}": v for i, d in enumerate(dirs) for k, v in d.items()})
+        except (UserInputError, KeyError, OSError):  # no stored directions: what the attrs say
+            key = f"attrs:{ds.attrs.get('directions')}:{ds.attrs.get('seed')}"
+        labels.append(seen.setdefault(key, f"plane {len(seen) + 1}"))
+    return labels
+
+
 def titles_of(paths: Sequence[Path], datasets: Sequence[xr.Dataset]) -> list[str]:
-    """``"a\\nbn=eval, checkpoint=epoch_0004.safetensors"``: each store's name and the settings that differ
-    between the stores (or the model and the store's qualifiers when nothing does)."""
-    differ = differing_settings([ds.attrs for ds in datasets])
+    """``"a\ncheckpoint=epoch_0004.safetensors, bn=eval"``: each store's name and the settings that differ between
+    the stores (directions compared by content), or the model and the store's qualifiers when nothing does."""
+    attrs = []
+    for ds, plane in zip(datasets, _planes(paths, datasets), strict=True):
+        a = dict(ds.attrs)
+        a["directions"] = plane
+        attrs.append(a)
     out = []
-    for path, ds, what in zip(paths, datasets, differ, strict=True):
+    for path, ds, what in zip(paths, datasets, differing_settings(attrs), strict=True):
         detail = what or ", ".join([str(ds.attrs.get("model", "")), *qualifiers(ds.attrs)]).strip(", ")
-        out.append(f"{path.name.removesuffix('.zarr')}\n{detail}" if detail else path.name.removesuffix(".zarr"))
+        name = path.name.removesuffix(".zarr")
+        out.append(f"{name}\n{textwrap.fill(detail, 48)}" if detail else name)
     return out
 
 
@@ -76,7 +100,6 @@ def compare_figure(stores: Sequence[str | Path], metric: str = "train_loss", log
     datasets = [open_surface(p) for p in paths]
     _check_metric(paths, datasets, metric)
     names = list(titles) if titles else titles_of(paths, datasets)
-    label = metric_label(metric, log)
     if _check_same_dims(paths, datasets) == 1:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, ds in zip(names, datasets, strict=True):
@@ -89,6 +112,7 @@ def compare_figure(stores: Sequence[str | Path], metric: str = "train_loss", log
         return fig
     grids = [grid_2d(ds, metric) for ds in datasets]
     norm, lv = shared_scale([g[2] for g in grids], log, levels)
+    label = metric_label(metric, log or isinstance(norm, LogNorm))
     n = len(grids)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -102,7 +126,7 @@ def compare_figure(stores: Sequence[str | Path], metric: str = "train_loss", log
     mappable = artist if kind != PlotKind.contour else plt.cm.ScalarMappable(norm=norm, cmap="summer")
     if mappable is not None:
         cbar = fig.colorbar(mappable, ax=axes, label=label, shrink=0.85)
-        if log:
+        if log or isinstance(norm, LogNorm):
             log_colorbar(cbar, norm)
     lo, hi = (10 ** norm.vmin, 10 ** norm.vmax) if log else (norm.vmin, norm.vmax)  # type: ignore[operator]
     spacing = "log-spaced" if log or isinstance(norm, LogNorm) else "linear"

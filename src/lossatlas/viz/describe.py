@@ -137,13 +137,15 @@ def log_ticks(lo: float, hi: float, most: int = 8) -> tuple[list[float], list[st
     return values, [f"{10 ** v:.3g}" for v in values]
 
 
-_COMPARED = ("model", "checkpoint", "weights", "data", "bn", "loss", "subset", "directions", "norm", "ignore",
+_COMPARED = ("model", "checkpoint", "checkpoint_sha256", "weights", "data", "bn", "loss", "subset", "directions", "norm", "ignore",
              "seed", "x", "y", "kind")
 
 
 def _short(key: str, value: Any) -> str:
     if key in ("checkpoint", "checkpoint2") and value:
         return PurePath(str(value)).name
+    if key == "checkpoint_sha256" and value:
+        return str(value)[:8]
     if value is None or value == "":
         return "none"
     return str(value)
@@ -152,15 +154,16 @@ def _short(key: str, value: Any) -> str:
 def differing_settings(attrs: Sequence[Mapping[str, Any]]) -> list[str]:
     """For each store, ``"bn=eval, checkpoint=epoch_0004.safetensors"``: the settings that differ between them.
 
-    Compared: model, checkpoint (file name), weights, data, bn, loss, subset, directions, norm, ignore, seed,
-    grid, kind. Stores that agree on all of them get ``""``.
+    Compared: model, checkpoint (file name; else the first 8 digits of the weights' sha256), weights, data, bn,
+    loss, subset, directions, norm, ignore, seed, grid, kind. Stores that agree on all of them get ``""``.
     """
     if len(attrs) < 2:
         return ["" for _ in attrs]
     keys = [k for k in _COMPARED if len({_short(k, a.get(k)) for a in attrs}) > 1]
-    if "checkpoint" in keys and "weights" in keys:
-        keys.remove("weights")
-    return [", ".join(f"{k}={_short(k, a.get(k))}" for k in keys) for a in attrs]
+    if "checkpoint" in keys:  # the file names say it (a hash, or "untrained", would only repeat it)
+        keys = [k for k in keys if k not in ("checkpoint_sha256", "weights")]
+    names = {"checkpoint_sha256": "sha256"}
+    return [", ".join(f"{names.get(k, k)}={_short(k, a.get(k))}" for k in keys) for a in attrs]
 
 
 __all__ = ["BN_RECOMPUTE_NOTE", "UNTRAINED", "differing_settings", "log_ticks", "notes", "qualifiers", "sig",

@@ -185,10 +185,16 @@ def metric_label(metric: str, log: bool) -> str:
 
 
 def log_colorbar(cbar: Any, norm: Normalize) -> None:
-    """A colour bar of log10 values labelled in the values' own units (ticks at 0.01, 0.1, 1, …)."""
-    ticks, labels = log_ticks(float(norm.vmin), float(norm.vmax))  # type: ignore[arg-type]
-    if ticks:
-        cbar.set_ticks(ticks, labels=labels)
+    """A log-scale colour bar labelled in the values' own units (ticks at 0.01, 0.1, 1, …): for log10 values
+    drawn with a linear norm (``--log``), or for the values themselves with a :class:`LogNorm` (log levels)."""
+    if isinstance(norm, LogNorm):
+        ticks, labels = log_ticks(float(np.log10(norm.vmin)), float(np.log10(norm.vmax)))  # type: ignore[arg-type]
+        cbar.set_ticks([10.0**t for t in ticks], labels=labels)
+        cbar.minorticks_off()
+    else:
+        ticks, labels = log_ticks(float(norm.vmin), float(norm.vmax))  # type: ignore[arg-type]
+        if ticks:
+            cbar.set_ticks(ticks, labels=labels)
 
 
 def grid_2d(ds: xr.Dataset, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,9 +218,10 @@ def draw_2d(fig: Figure, ax: Any, xx: np.ndarray, yy: np.ndarray, z: np.ndarray,
     zm = masked(z, log)
     if kind == PlotKind.contour:
         artist = ax.contour(xx, yy, zm, levels=lv, cmap="summer", norm=norm)
-        if len(artist.levels):
-            ax.clabel(artist, inline=True, fontsize=7, fmt=(lambda v: sig(10**v, 3)) if log else
-                      (lambda v: sig(v, 3)))
+        if len(artist.levels):  # label about ten of the levels: thirty labels would cover the picture
+            step = max(1, len(artist.levels) // 10)
+            ax.clabel(artist, artist.levels[::step], inline=True, fontsize=7,
+                      fmt=(lambda v: sig(10**v, 3)) if log else (lambda v: sig(v, 3)))
     elif kind == PlotKind.contourf:
         artist = ax.contourf(xx, yy, zm, levels=lv, cmap="viridis", norm=norm, extend="both")
         ax.contour(xx, yy, zm, levels=lv, colors="k", linewidths=0.3, norm=norm)
@@ -235,7 +242,7 @@ def draw_2d(fig: Figure, ax: Any, xx: np.ndarray, yy: np.ndarray, z: np.ndarray,
         ax.set_aspect("equal", adjustable="box")
     if colorbar and kind != PlotKind.contour:
         cbar = fig.colorbar(artist, ax=ax, label=label, shrink=0.8, pad=0.12 if kind == PlotKind.surface3d else 0.05)
-        if log:
+        if log or isinstance(norm, LogNorm):
             log_colorbar(cbar, norm)
     return artist
 
@@ -248,11 +255,11 @@ def figure_2d(ds: xr.Dataset, metric: str, kind: PlotKind, log: bool = False,
     norm, lv = shared_scale([z], log, levels)
     fig = plt.figure(figsize=(6, 5) if kind == PlotKind.surface3d else (5.5, 4.5))
     ax = fig.add_subplot(projection="3d") if kind == PlotKind.surface3d else fig.add_subplot()
-    label = metric_label(metric, log)
+    label = metric_label(metric, log or isinstance(norm, LogNorm))
     draw_2d(fig, ax, xx, yy, z, kind, log, norm, lv, label)
     if kind != PlotKind.surface3d:
         draw_path(ax, ds)
-    ax.set_title(title or titled(label, ds.attrs), fontsize=10)
+    ax.set_title(title or titled(metric, ds.attrs), fontsize=10)
     return fig
 
 
@@ -337,8 +344,9 @@ def figure_1d(ds: xr.Dataset, log: bool = False, title: str | None = None) -> Fi
         ax2.set_ylim(0, 100)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, loc="best", fontsize=7, ncol=2 if len(handles) > 4 else 1)
+    if handles:  # below the axes: eight entries (curves and bands) would hide the curves
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7,
+                  ncol=min(4, len(handles)), frameon=False)
     ax.set_title(title or titled(str(ds.attrs.get("model", "")), ds.attrs), fontsize=9)
     fig.tight_layout()
     return fig
@@ -474,7 +482,8 @@ def plot_store(store: str | Path, out_dir: str | Path | None = None, log: bool =
     one_d = ds.attrs.get("kind") != "hessian" and "y" not in ds.dims
     unused = _not_for_1d(log, levels, metrics, kinds) if one_d else []
     if unused:
-        raise UserInputError(f"{', '.join(unused)} only apply to 2D stores; '{store.name}' is a 1D curve "
+        raise UserInputError(f"{', '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} to 2D stores; "
+                             f"'{store.name}' is a 1D curve "
                              "(its plot shows every loss and accuracy; --log and --format apply)")
     out = Path(out_dir) if out_dir is not None else store.parent
     out.mkdir(parents=True, exist_ok=True)
