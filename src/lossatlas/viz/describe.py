@@ -137,8 +137,8 @@ def log_ticks(lo: float, hi: float, most: int = 8) -> tuple[list[float], list[st
     return values, [f"{10 ** v:.3g}" for v in values]
 
 
-_COMPARED = ("model", "checkpoint", "checkpoint_sha256", "weights", "data", "bn", "loss", "subset", "directions", "norm", "ignore",
-             "seed", "x", "y", "kind")
+_COMPARED = ("model", "checkpoint", "checkpoint_sha256", "weights", "data", "bn", "loss", "subset", "directions",
+             "norm", "ignore", "seed", "x", "y", "kind")
 
 
 def _short(key: str, value: Any) -> str:
