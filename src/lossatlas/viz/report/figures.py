@@ -183,8 +183,10 @@ def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
             ticks = log_ticks(float(ok.min()), float(ok.max())) if ok.size else ([], [])
             # log scale: contours in log10, colour bar labelled in loss units (no log10 values to decode)
             choices.append(("log", zlog, f"{label(name)} (log scale)", ticks[0], ticks[1], False))
-            pos = z[np.isfinite(z) & (z > 0)]
-            if pos.size and pos.max() / pos.min() > LOG_RATIO:  # wide range: levels near the minimum
+            # wide range (pooled over every loss of the store, so that its panels agree): levels near the minimum
+            pooled = np.concatenate([_yx(ds, n).ravel() for n in names if n.endswith("_loss")])
+            pos = pooled[np.isfinite(pooled) & (pooled > 0)]
+            if pos.size and pos.max() / pos.min() > LOG_RATIO:
                 choices.reverse()
             menus = [{"buttons": [{"label": lab, "method": "restyle",
                                    "args": [{"z": [zz], "colorbar.title.text": t, "colorbar.tickvals": [tv],

@@ -33,8 +33,10 @@ def _grid_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
     axes = [f"{d}: {ds.sizes[d]} points on [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
             for d in ("x", "y") if d in ds.dims]
     rows = [("grid", " × ".join(axes))]
-    rows.append(("directions", f"{ds.attrs.get('directions', '?')}, norm {ds.attrs.get('norm', '?')}, "
-                               f"ignore {ds.attrs.get('ignore', '?')}, seed {ds.attrs.get('seed', '?')}"))
+    a = ds.attrs
+    source = f"reused from {a['directions_from']}" if a.get("directions_from") else a.get("directions", "?")
+    rows.append(("directions", f"{source}, norm {a.get('norm', '?')}, ignore {a.get('ignore', '?')}, "
+                               f"seed {a.get('seed', '?')}"))
     rows.append(("non-finite points", str(ds.attrs.get("nonfinite_points", 0))))
     if "completed" in ds:
         done = ds["completed"].values
