@@ -134,7 +134,8 @@ def test_surface_reuses_a_stored_runs_directions(toy, tmp_path: Path) -> None:
             surface(net, data, x="-1:1:3", directions=value, out=None)
     line = invoke("surface", "--model", MODEL, "--data", npz, "--x", "-1:1:3", "--directions", "sideways",
                   "--out", tmp_path / "c.zarr")
-    assert line.exit_code == 2 and "--directions must be random, hessian, plane:A,B,C, pca:RUN_DIR or a stored run" in line.stderr
+    assert line.exit_code == 2
+    assert "--directions must be random, hessian, plane:A,B,C, pca:RUN_DIR or a stored run" in line.stderr
 
 
 def test_in_memory_surface_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,12 @@ typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-ass
 
 def _argument_type(self: Any, ctx: Any) -> str | None:
     """An argument with a metavar (``STORE``) needs no Python type beside it (``<path>``, ``<list[Path]>``)."""
-    return "" if self.metavar else _plain_argument_type(self, ctx)  # type: ignore[no-any-return]
+    if self.metavar:
+        return ""
+    shown = _plain_argument_type(self, ctx)
+    if isinstance(shown, str) and shown.startswith("<") and shown.endswith(">"):
+        return _METAVARS.get(shown, shown[1:-1])
+    return shown  # type: ignore[no-any-return]
 
 
 def _argument_usage(self: Any) -> str:
