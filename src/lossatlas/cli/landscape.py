@@ -44,7 +44,7 @@ from lossatlas.execute import make_executor, parse_memory
 @user_errors
 def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
             x: Annotated[str | None, typer.Option("--x", metavar="MIN:MAX:N", help="Grid along the first direction "
-                                                  "[default: -1:1:51; plane/pca: the models' extent].")] = None,
+                                                  "(default -1:1:51; plane/pca: the models' extent).")] = None,
             y: Annotated[str | None, typer.Option("--y", metavar="MIN:MAX:N", help="Grid along a second direction "
                                                                                    "(2D).")] = None,
             checkpoint: CheckpointOpt = None,
@@ -55,11 +55,10 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
             workers: WorkersOpt = None, scheduler: SchedulerOpt = None, subset: SubsetOpt = None,
             memory: MemoryOpt = "1GiB",
             directions: Annotated[str, typer.Option(
-                "--directions", metavar="random|hessian|plane:A,B,C|pca:RUN_DIR",
-                help="random (filter-normalised), hessian (top Hessian eigenvectors), plane:A,B,C (the plane "
-                     "through three checkpoints, centred at A; unit directions, B at (‖B−A‖, 0)) or pca:RUN_DIR "
-                     "(a training run's PCA plane, centred at its last checkpoint; uses --ignore), or STORE.zarr "
-                     "(reuse a stored run's directions: one plane across checkpoints or --bn settings).")
+                "--directions", metavar="SOURCE",
+                help="random (filter-normalised), hessian (top eigenvectors), plane:A,B,C (through three "
+                     "checkpoints, centred at A), pca:RUN_DIR (a run's PCA plane; uses --ignore) or STORE.zarr "
+                     "(reuse a stored run's directions).")
             ] = DirectionKind.random.value,
             hessian: Annotated[bool, typer.Option(
                 "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
