@@ -348,7 +348,6 @@ def test_compare_knows_reused_directions_span_the_same_plane(tmp_path: Path) -> 
     fig = compare_figure([tmp_path / f"{n}.zarr" for n in "abc"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
     sha_a, sha_b = a.attrs["checkpoint_sha256"][:8], b.attrs["checkpoint_sha256"][:8]
-    assert titles == [f"a\nsha256={sha_a}, directions=plane 1, seed=0",
-                      f"b\nsha256={sha_b}, directions=plane 1, seed=0",
-                      f"c\nsha256={sha_a}, directions=plane 2, seed=4"]
+    assert titles == [f"a\nsha256={sha_a}, directions=plane 1", f"b\nsha256={sha_b}, directions=plane 1",
+                      f"c\nsha256={sha_a}, directions=plane 2"]  # seed 0 vs 4 is what makes plane 2: not repeated
     plt.close(fig)

@@ -27,6 +27,7 @@ from lossatlas.viz.plot import (
     Levels,
     PlotKind,
     draw_2d,
+    draw_path,
     grid_2d,
     log_colorbar,
     masked,
@@ -120,8 +121,10 @@ def compare_figure(stores: Sequence[str | Path], metric: str = "train_loss", log
     fig = plt.figure(figsize=(4.2 * cols + 1.2, 4.0 * rows + 0.4), layout="constrained")
     axes = [fig.add_subplot(rows, cols, i + 1, projection="3d" if three_d else None) for i in range(n)]
     artist = None
-    for ax, (xx, yy, z), name in zip(axes, grids, names, strict=True):
+    for ax, (xx, yy, z), name, ds in zip(axes, grids, names, datasets, strict=True):
         artist = draw_2d(fig, ax, xx, yy, z, kind, log, norm, lv, label, colorbar=False)
+        if not three_d:
+            draw_path(ax, ds)  # a stored trajectory or the models a plane passes through
         ax.set_title(name, fontsize=9)
     mappable = artist if kind != PlotKind.contour else plt.cm.ScalarMappable(norm=norm, cmap="summer")
     if mappable is not None:

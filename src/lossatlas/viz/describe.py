@@ -162,6 +162,8 @@ def differing_settings(attrs: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = [k for k in _COMPARED if len({_short(k, a.get(k)) for a in attrs}) > 1]
     if "checkpoint" in keys:  # the file names say it (a hash, or "untrained", would only repeat it)
         keys = [k for k in keys if k not in ("checkpoint_sha256", "weights")]
+    if "directions" in keys:  # seed, norm and ignore only say how the differing directions were made
+        keys = [k for k in keys if k not in ("seed", "norm", "ignore")]
     names = {"checkpoint_sha256": "sha256"}
     return [", ".join(f"{names.get(k, k)}={_short(k, a.get(k))}" for k in keys) for a in attrs]
 
