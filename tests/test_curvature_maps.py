@@ -93,7 +93,7 @@ def test_hessian_directions_are_the_top_eigenvectors(tmp_path) -> None:
         assert abs(float(d["w"].double() @ expected)) == pytest.approx(1.0, abs=1e-6)
     # along the top eigenvector the loss is ½ λ α²
     np.testing.assert_allclose(ds["train_loss"].sel(y=0.0).values, 0.5 * 3.0 * ds["x"].values ** 2, rtol=1e-6)
-    with pytest.raises(UserInputError, match="--directions must be random or hessian"):
+    with pytest.raises(UserInputError, match="--directions must be random, hessian"):
         surface(bowl, bowl_data(), x="-1:1:3", directions="pca", eval_spec=LOSS, out=tmp_path / "p.zarr")
 
 
