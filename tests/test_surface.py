@@ -125,3 +125,27 @@ def test_prepare_store_detects_foreign_directory(tmp_path) -> None:
     (tmp_path / "x.zarr").write_text("hello")
     with pytest.raises(UserInputError):
         prepare_store(tmp_path / "x.zarr", {"x": np.arange(3.0)}, ["train_loss"], {"config_hash": "a"}, {"x": 3})
+
+
+def test_interpolation_flags_extrapolated_nonpositive_bn_variances(tmp_path) -> None:
+    """Beyond α ∈ [0, 1] running variances extrapolate linearly; where one is ≤ 0 the value is meaningless (a loss of
+    exactly 0, inf or NaN): the store lists those α and the summary notes say so; --bn recompute does not need it."""
+    from lossatlas.landscape import nonpositive_variance
+    from lossatlas.viz.describe import notes
+
+    a, b = bn_cnn(seed=0), bn_cnn(seed=1)
+    with torch.no_grad():
+        b[1].running_var.copy_(a[1].running_var * 4)  # B's variance 4× A's: zero at α = −1/3
+    data = make_classification(image=True)
+    ds = interpolate(a, b, data, x="-1:2:13", out=tmp_path / "i.zarr")
+    alphas = ds.x.values
+    theta_a = {k: v for k, v in a.state_dict().items() if k.endswith("running_var")}
+    dirs = {k: b.state_dict()[k] - v for k, v in theta_a.items()}
+    expected = nonpositive_variance(theta_a, dirs, alphas)
+    ref = [any(bool(((1 - al) * theta_a[k] + al * b.state_dict()[k] <= 0).any()) for k in theta_a) for al in alphas]
+    assert expected.tolist() == ref
+    assert expected[:3].all() and not expected[4:9].any()  # α = -1, -0.75, -0.5 (< -1/3) flagged; [0, 1] never
+    np.testing.assert_array_equal(ds.attrs["nonpositive_variance_at"], alphas[expected])
+    assert any("running variance is <= 0" in n for n in notes(ds.attrs))
+    rec = interpolate(a, b, data, x="-1:2:13", out=tmp_path / "r.zarr", eval_spec=EvalSpec(bn="recompute"))
+    assert "nonpositive_variance_at" not in rec.attrs and np.isfinite(rec.train_loss.values).all()

@@ -299,11 +299,34 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, x: Axis | 
     extra = {"x": str(axis), "y": "", "seed": prov.pop("seed", -1), "norm": "none", "ignore": "none",
              "directions": "between", "checkpoint2_sha256": prov.pop("checkpoint2_sha256", None)
              or tensors_sha256(model_b.state_dict())}
+    alphas = axis.values()
+    bad = nonpositive_variance(theta_a, direction, alphas)
+    if bad.any() and not (spec.bn is BNPolicy.recompute and evaluator.has_bn):
+        extra["nonpositive_variance_at"] = [float(a) for a in alphas[bad]]
     attrs = _provenance("interpolation", model_a, data, spec, extra, prov)
     with _result_store(out) as path:
-        return run_grid(PointTask(evaluator, theta_a, [direction]), {"x": axis.values()}, path, attrs,
+        return run_grid(PointTask(evaluator, theta_a, [direction]), {"x": alphas}, path, attrs,
                         overwrite, executor, progress)
 
 
+def nonpositive_variance(theta: Mapping[str, Tensor], direction: Mapping[str, Tensor], alphas: np.ndarray
+                         ) -> np.ndarray:
+    """Where some BatchNorm ``running_var`` of θ + α d is ≤ 0, a boolean per α.
+
+    Interpolating two models moves their running statistics along the line too; beyond α ∈ [0, 1] a variance
+    extrapolates linearly and can reach zero (huge normalised activations: a loss of exactly 0 or inf) or turn
+    negative (NaN). Those points say nothing about the landscape; ``--bn recompute`` re-estimates the
+    statistics instead.
+    """
+    bad = np.zeros(len(alphas), dtype=bool)
+    for name, value in theta.items():
+        if name.endswith("running_var") and name in direction:
+            v = value.detach().double().cpu().numpy().ravel()
+            d = direction[name].detach().double().cpu().numpy().ravel()
+            bad |= ((v[None, :] + np.asarray(alphas)[:, None] * d[None, :]) <= 0).any(axis=1)
+    return bad
+
+
 __all__ = ["anchor_axes", "directions_from_store", "interpolate", "interpolation_point", "is_store_path",
+           "nonpositive_variance",
            "model_source", "surface", "write_anchors"]

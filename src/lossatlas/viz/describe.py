@@ -115,6 +115,12 @@ def notes(attrs: Mapping[str, Any]) -> list[str]:
                    "(1.96 standard errors)")
     if attrs.get("bn") == "recompute":
         out.append(BN_RECOMPUTE_NOTE)
+    bad = attrs.get("nonpositive_variance_at")
+    if bad:
+        shown = ", ".join(f"{float(a):g}" for a in list(bad)[:4]) + (", ..." if len(bad) > 4 else "")
+        out.append(f"at alpha = {shown} an interpolated BatchNorm running variance is <= 0 (extrapolated beyond "
+                   "the two models), so those values are not meaningful; use --bn recompute to re-estimate the "
+                   "statistics at each point")
     return out
 
 
