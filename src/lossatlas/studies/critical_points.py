@@ -93,7 +93,7 @@ def sphere_probe(fn: Callable[[Tensor], Tensor], point: Tensor, radius: float, p
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(points, point.numel(), generator=g, dtype=torch.float64)
     u = torch.cat([u, -u]) / u.norm(dim=1, keepdim=True).repeat(2, 1)
-    diff = torch.stack([fn(point + radius * d) for d in u]) - fn(point)
+    diff = torch.func.vmap(fn)(point + radius * u) - fn(point)
     pos, neg = bool((diff > 0).any()), bool((diff < 0).any())
     return "saddle" if pos and neg else "minimum" if pos else "maximum" if neg else "flat"
 

@@ -17,8 +17,8 @@ from torch.func import functional_call, grad, hessian, vmap
 
 from lossatlas.curvature import HessianOperator, Tolerances, critical_point
 from lossatlas.data import Dataset, load_data
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
-from lossatlas.evaluate import EvalSpec, Evaluator
 from lossatlas.studies.batched import batched_descent, model_loss, zoo_runs
 from lossatlas.studies.framework import Context, Row
 from lossatlas.studies.registry import Published, Study, study

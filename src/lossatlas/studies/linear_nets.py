@@ -28,11 +28,13 @@ def chain_loss(w: Tensor) -> Tensor:
 
 
 def chain_hessian_eigenvalues(depth: int, point: str, k: float) -> list[float]:
-    """The exact spectrum at the notes' points: H at 0 is {2} (H = 1), {±2} (H = 2), {0, 0, 0} (H = 3); at
-    (0, 0, k) it is {−2k, 0, 2k}."""
+    """The exact spectrum at the notes' points: H at 0 is {2} (H = 1), {±2} (H = 2), all zeros (H ≥ 3); at
+    (0, 0, k) (H = 3) it is {−2k, 0, 2k}, ascending."""
     if point == "0":
         return {1: [2.0], 2: [-2.0, 2.0]}.get(depth, [0.0] * depth)
-    return sorted([-2.0 * k, 0.0, 2.0 * k] + [0.0] * (depth - 3))
+    if depth != 3:
+        raise ValueError("the point (0, 0, k) is the notes' H = 3 example")
+    return sorted([-2.0 * k, 0.0, 2.0 * k])
 
 
 # -- Baldi & Hornik: the global minimum --------------------------------------------------------------------

@@ -45,26 +45,31 @@ def auer_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
     return ((y - torch.sigmoid(x @ w)) ** 2).mean()
 
 
-def saddle_free_newton(fn: Any, u0: Tensor, steps: int, max_step: float = 1.0, floor: float = 1e-12) -> Tensor:
+def saddle_free_newton(fn: Any, u0: Tensor, steps: int, max_step: float = 1.0, floor: float = 1e-12,
+                       grad_tol: float = 1e-14) -> Tensor:
     """Minimise ``fn(u)`` from every row of ``u0 (R, d)`` at once: steps −Q|Λ|⁻¹Qᵀ∇f (Dauphin et al. 2014), each
-    clipped to ``max_step`` per coordinate and halved until f decreases (at most 40 times)."""
+    clipped to ``max_step`` per coordinate and halved until f does not increase (at most 30 times); a row whose
+    gradient is below ``grad_tol`` stays where it is, and the search ends when every row is there."""
     grad_value = vmap(grad_and_value(fn))
     hess = vmap(hessian(fn))
     batched = vmap(fn)
     u = u0.clone()
     for _ in range(steps):
         g, f = grad_value(u)
+        moving = g.abs().amax(1) > grad_tol
+        if not bool(moving.any()):
+            break
         lam, q = torch.linalg.eigh(hess(u))
         step = -(q @ ((q.transpose(1, 2) @ g[:, :, None]) / lam.abs().clamp_min(floor)[:, :, None]))[:, :, 0]
-        step = step * (max_step / step.abs().amax(1, keepdim=True).clamp_min(max_step))
+        step = step * (max_step / step.abs().amax(1, keepdim=True).clamp_min(max_step)) * moving[:, None]
         scale = torch.ones(u.shape[0], 1, dtype=u.dtype)
-        for _ in range(40):
-            better = batched(u + scale * step) < f
+        better = ~moving
+        for _ in range(30):
+            better = (batched(u + scale * step) <= f) | ~moving
             if bool(better.all()):
                 break
             scale = torch.where(better[:, None], scale, scale / 2)
-        better = batched(u + scale * step) < f
-        u = torch.where(better[:, None], u + scale * step, u)
+        u = torch.where((better & moving)[:, None], u + scale * step, u)
     return u
 
 
