@@ -88,14 +88,12 @@ def test_plateau_steps_equal_a_plain_autograd_loop():
     steps = plateau_steps((2, 5), u0=0.5, lr=0.02, max_steps=5000)
     for depth, found in zip((2, 5), steps, strict=True):
         w = torch.full((depth,), 0.5, dtype=torch.float64, requires_grad=True)
-        start = float(chain_loss(w.detach()))
-        for t in range(5001):
-            loss = chain_loss(w)
-            if float(loss) <= start / 2:
-                break
-            (g,) = torch.autograd.grad(loss, w)
+        start, taken = float(chain_loss(w.detach())), 0
+        while float(chain_loss(w.detach())) > start / 2 and taken <= 5000:
+            (g,) = torch.autograd.grad(chain_loss(w), w)
             w = (w - 0.02 * g).detach().requires_grad_(True)
-        assert found == t
+            taken += 1
+        assert found == taken
 
 
 def test_hardt_ma_construction_is_a_global_minimum_with_small_layers():
