@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from lossatlas.cli import demo, hessian, landscape, paths, train, viz  # noqa: F401 - registers the commands
+from lossatlas.cli import demo, hessian, landscape, paths, study, train, viz  # noqa: F401 - registers the commands
 from lossatlas.cli.common import app, console, error_line
 from lossatlas.errors import UserInputError
 

@@ -83,18 +83,26 @@ def verdict_counts(rows: Sequence[Row]) -> str:
     return f"{n['agrees']} agree, {n['differs']} differ, {n['not comparable']} not comparable"
 
 
+def note_refs(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
+    """``([ref per row], [distinct notes])``: ``"[2]"`` points at the second distinct note ("" for none)."""
+    notes = list(dict.fromkeys(r.note for r in rows if r.note))
+    return [f"[{notes.index(r.note) + 1}]" if r.note else "" for r in rows], notes
+
+
 def rows_rich(rows: Sequence[Row], title: str | None = None) -> Table:
-    """The rows as a Rich table with coloured verdicts (what ``lossatlas study run`` prints)."""
+    """The rows as a Rich table with coloured verdicts and note references (what ``lossatlas study run``
+    prints; the notes themselves follow it, see :func:`note_refs`)."""
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for name in HEADER:
+    for name in (*HEADER, "note"):
         table.add_column(name, justify="right" if name in ("published", "measured", "tolerance") else "left")
-    for row in rows:
+    refs, _ = note_refs(rows)
+    for row, ref in zip(rows, refs, strict=True):
         cells = list(row_cells(row))
         style = VERDICT_STYLE.get(row.verdict, "")
         cells[-1] = f"[{style}]{cells[-1]}[/{style}]" if style else cells[-1]
-        table.add_row(*cells)
+        table.add_row(*cells, ref)
     return table
 
 
@@ -215,6 +223,6 @@ def write_studies_doc(path: str | Path = "docs/studies.md", results_dir: str | P
     return path
 
 
-__all__ = ["HEADER", "VERDICT_STYLE", "fmt", "published_markdown", "read_rows", "row_cells", "rows_markdown",
-           "rows_rich", "studies_markdown", "table_markdown", "verdict_counts", "write_outputs",
+__all__ = ["HEADER", "VERDICT_STYLE", "fmt", "note_refs", "published_markdown", "read_rows", "row_cells",
+           "rows_markdown", "rows_rich", "studies_markdown", "table_markdown", "verdict_counts", "write_outputs",
            "write_studies_doc"]
