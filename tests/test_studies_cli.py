@@ -73,6 +73,15 @@ def test_run_prints_the_rows_and_writes_the_outputs(tmp_path):
     assert "the Hessian cannot decide" in result.output
     payload = json.loads((tmp_path / "critical-points" / "results.json").read_text())
     assert payload["seed"] == 3 and payload["params"]["functions"] == ["x^2+y^4", "-x^2+3y^2"]
+    # the report shows one section per study: the rows with coloured verdicts, notes, the figure embedded
+    from lossatlas.viz.report.builder import build_report
+
+    report = build_report(tmp_path, strict=True)
+    html = report.path.read_text()
+    assert report.sections == 1 and "Study: critical-points" in html
+    assert '<span style="color:#1a7f37;font-weight:600">agrees</span>' in html
+    assert "<li>the Hessian cannot decide: a zero eigenvalue</li>" in html
+    assert 'src="data:image/png;base64,' in html and "x^2+y^4" in html
 
 
 def test_ctrl_c_keeps_cells_and_the_same_command_resumes(tmp_path):
