@@ -1,6 +1,6 @@
 """Batched study runs against a plain per-run loop: the Safran & Shamir k = n = 10 cell.
 
-    python benchmarks/studies.py [--k 10] [--runs 300] [--repeats 2] [--threads 1]
+    python benchmarks/studies.py [--k 10] [--runs 300] [--repeats 2] [--threads N]
 
 The same ``--runs`` gradient-descent runs (same initial students, seed 0) of the ``safran-shamir`` protocol
 (closed-form population loss, step 5/k, stop at ‖∇F‖ ≤ 1e-9 or F ≤ 1e-3, at most 200 000 steps) are run by
@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--xor-runs", type=int, default=100)
     parser.add_argument("--xor-steps", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1: steady when shared)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both runners (default: every usable core; the loop cannot use them)")
     args = parser.parse_args()
     info = machine_info(set_threads(args.threads))
     ss = safran_shamir(args.k, args.runs, args.repeats)
