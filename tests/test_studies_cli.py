@@ -40,11 +40,12 @@ def test_list_and_show():
 
 
 def test_unknown_study_is_one_red_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lossatlas", "study", "run", "safran", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=_env(), timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    result = runner.invoke(app, ["study", "run", "safran", "--out", str(tmp_path)], env={"COLUMNS": "300"})
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: unknown study 'safran'") and "safran-shamir" in lines[0]
+    shown = runner.invoke(app, ["study", "show", "nope"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 2 and shown.output.strip().startswith("error: unknown study 'nope'")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -86,7 +87,7 @@ def test_run_prints_the_rows_and_writes_the_outputs(tmp_path):
 
 def test_ctrl_c_keeps_cells_and_the_same_command_resumes(tmp_path):
     command = [sys.executable, "-c", WITH_FIXTURE, "study", "run", "test-cells", "--set", "cells=6",
-               "--set", "sleep=0.4", "--out", str(tmp_path)]
+               "--set", "sleep=0.3", "--out", str(tmp_path)]
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cells = tmp_path / "test-cells" / "cells"
     deadline = time.time() + 90

@@ -225,7 +225,7 @@ class IndexVsError(Study):
         fig.colorbar(sc, ax=ax, label="log10(1 + training step of the start)")
         p, a, eps_c = fit_index_curve(loss, index) if ok.sum() >= 3 else (math.nan,) * 3
         if np.isfinite(p):
-            grid = np.linspace(eps_c, loss.max(), 200)
+            grid = np.linspace(eps_c * (1 + 1e-3), loss.max(), 200)
             ax.plot(grid, a * (grid / eps_c - 1) ** p, "r-", label=f"fit: α₀(ε/ε_c − 1)^{p:.2f}")
             ax.legend(fontsize=8)
         ax.set(xlabel="loss ε at the critical point", ylabel="index α (fraction of negative eigenvalues)",
