@@ -19,6 +19,7 @@ The public API (everything else is internal; every name is imported lazily, on f
     align_weights(model_a, model_b, example_input) -> (B's aligned state dict, permutations) (Ainsworth et al.)
     weight_matching(spec, theta_a, theta_b)          -> permutations
     sublevel_topology(values, coords)    -> xarray.Dataset (components of {L <= λ}, persistence, merge tree)
+    run_study(name, preset, overrides, seed=, out_dir=) -> StudyResult (rows: published vs measured, verdicts)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _EXPORTS = {
     "align_weights": "lossatlas.paths.align",
     "weight_matching": "lossatlas.paths.align",
     "sublevel_topology": "lossatlas.paths.topology",
+    "run_study": "lossatlas.studies",
 }
 
 __all__ = ["__version__", *_EXPORTS]
