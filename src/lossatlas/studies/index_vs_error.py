@@ -198,7 +198,8 @@ class IndexVsError(Study):
         rows.append(Row.compare("spearman_index_loss", {}, None, float(rho),
                                 note=f"Spearman rank correlation, p = {pvalue:.2g}; no published number"))
         sign = "positive" if rho > 0 and pvalue < 0.05 else "not significant" if rho > 0 else "negative"
-        rows.append(Row.compare("index_increases_with_loss", {}, "positive", sign))
+        rows.append(Row.compare("index_increases_with_loss", {}, "positive", sign,
+                                note=f"Spearman rho = {rho:.3f}, p = {pvalue:.2g} (positive and p < 0.05 counts)"))
         p, _, eps_c = fit_index_curve(loss, index)
         rng = np.random.default_rng(0)
         boots = [fit_index_curve(loss[s], index[s])[0] for s in (rng.integers(0, loss.size, loss.size)
