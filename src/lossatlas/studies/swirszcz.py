@@ -195,7 +195,7 @@ class XorJellyfish(Study):
                 hs = ds.h.values[pick]
                 rate = 100 * (ds.accuracy.values[pick] >= 1).mean(1)
                 ax.plot(hs, rate, "o-", color=f"C{j}", label=f"{o} {a} (ours)")
-                ax.plot(hs, [TABLE[(d, a, o, int(h))] for h in hs], "s--", color=f"C{j}", alpha=0.5,
+                ax.plot(hs, [TABLE.get((d, a, o, int(h)), np.nan) for h in hs], "s--", color=f"C{j}", alpha=0.5,
                         label=f"{o} {a} (published)")
             ax.set(xlabel="hidden units h", ylabel="% successful runs", title=data, ylim=(-3, 103))
             ax.legend(fontsize=7)
