@@ -141,7 +141,16 @@ class SafranShamir(Study):
             spurious = cell.spurious.values.astype(bool)
             s, runs = int(spurious.sum()), spurious.size
             lo, hi = wilson_interval(s, runs)
-            note = "" if pct is not None else "no published row for this (k, n)"
+            notes = [] if pct is not None else ["no published row for this (k, n)"]
+            rising = int(((cell.stop.values == 1) & (cell.max_increase.values > 1e-9)).sum())
+            if rising:
+                notes.append(f"{rising} early-stopped runs saw F increase by more than 1e-9 along the way: their "
+                             "early stop is not covered by monotonicity")
+            unfinished = int((cell.stop.values == 2).sum())
+            if unfinished:
+                notes.append(f"{unfinished} runs hit max_steps before ||grad F|| <= {self.grad_tol:g}; they are "
+                             "classified by F at the cap")
+            note = "; ".join(notes)
             rows.append(Row.compare("spurious_pct", key, pct, 100 * s / runs, ci=(100 * lo, 100 * hi),
                                     tolerance=rate_tolerance(pct, self.published_runs) if pct is not None else 0,
                                     note=note))
