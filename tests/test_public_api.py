@@ -16,7 +16,7 @@ def test_public_names_resolve_to_functions_and_classes() -> None:
     functions = {"load_data", "build_model", "load_checkpoint", "train", "surface", "interpolate", "open_surface",
                  "load_directions", "plot_surface", "make_executor", "build_report",
                  "train_curve", "string_sampling", "align_weights", "weight_matching", "sublevel_topology",
-                 "trajectory", "trajectory_pca"}
+                 "trajectory", "trajectory_pca", "run_study"}
     classes = {"Dataset", "TrainSpec", "Axis", "DirectionSpec", "EvalSpec", "Evaluator", "UserInputError",
                "CurveSpec", "StringSpec", "PlaneSpec", "PCASpec"}
     assert set(la.__all__) == functions | classes | {"__version__"}

@@ -22,6 +22,7 @@ The public API (everything else is internal; every name is imported lazily, on f
     trajectory(model, data, run_dir, out=) -> xarray.Dataset (a run's path on its PCA plane, Li et al. 2018)
     trajectory_pca(checkpoints)          -> TrajectoryPCA (Gram-matrix PCA of θᵢ − θ_final)
     PlaneSpec, PCASpec                   -> surface(..., directions=...) through three models / a run's PCA plane
+    run_study(name, preset, overrides, seed=, out_dir=) -> StudyResult (rows: published vs measured, verdicts)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ _EXPORTS = {
     "trajectory_pca": "lossatlas.paths.pca",
     "PCASpec": "lossatlas.paths.pca",
     "PlaneSpec": "lossatlas.directions",
+    "run_study": "lossatlas.studies",
 }
 
 __all__ = ["__version__", *_EXPORTS]
