@@ -29,10 +29,10 @@ from lossatlas.studies.framework import (
     StudyResult,
     mean_interval,
     rate_tolerance,
-    run_study,
     wilson_interval,
 )
 from lossatlas.studies.registry import Published, Study, StudyInfo, get_study, parse_overrides, study, study_names
+from lossatlas.studies.runner import run_study
 
 __all__ = ["Context", "Published", "Row", "Study", "StudyInfo", "StudyResult", "get_study", "mean_interval",
            "parse_overrides", "rate_tolerance", "run_study", "study", "study_names", "wilson_interval"]

@@ -15,13 +15,10 @@ the study's PNG figures, and ``study.json`` (the configuration the cells belong 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import shutil
 import tempfile
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from lossatlas.errors import UserInputError
 from lossatlas.execute import WorkUnit, make_executor
-from lossatlas.studies.registry import Study, get_study, params_json, parse_overrides
 
 Value = float | str | None
 VERDICTS = ("agrees", "differs", "not comparable")
@@ -273,59 +268,5 @@ class StudyResult:
     dataset: xr.Dataset
 
 
-_CONFIG = "study.json"
-_CACHE_VERSION = 1
-
-
-def _prepare_folder(folder: Path, config: dict[str, Any], overwrite: bool) -> None:
-    marker = folder / _CONFIG
-    if folder.exists() and overwrite:
-        shutil.rmtree(folder)
-    elif marker.is_file():
-        try:
-            old = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old != config:
-            raise UserInputError(f"'{folder}' holds a run of '{config['study']}' with other parameters or seed; "
-                                 "choose another --out or pass --overwrite")
-    elif folder.exists() and any(folder.iterdir()):
-        raise UserInputError(f"'{folder}' exists and is not a study folder; choose another --out or pass "
-                             "--overwrite")
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(config, indent=1))
-
-
-def run_study(name: str, preset: str = "quick", overrides: Mapping[str, str] | Sequence[str] | None = None, *,
-              seed: int = 0, out_dir: str | Path = "runs/studies", workers: int | None = None,
-              progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> StudyResult:
-    """Run study ``name`` with a preset and ``--set`` overrides; write ``out_dir/name/``.
-
-    Resumes the cells of an interrupted run with the same parameters and seed; refuses a folder holding
-    another configuration unless ``overwrite``. Returns the rows and where everything was written.
-    """
-    from lossatlas.studies.tables import write_outputs
-
-    info = get_study(name)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserInputError(f"--seed must be a non-negative integer, got {seed!r}")
-    params: Study = dataclasses.replace(info.preset(preset), **parse_overrides(info, overrides))  # type: ignore[type-var]
-    values = params_json(params)
-    folder = Path(out_dir) / name
-    config = {"study": name, "seed": seed, "params": values, "cache_version": _CACHE_VERSION}
-    _prepare_folder(folder, config, overwrite)
-    start = time.perf_counter()
-    with make_executor(workers) as executor:
-        ctx = Context(seed=seed, folder=folder, executor=executor, progress=progress)
-        ds = params.run(ctx)
-    rows = params.check(ds)
-    elapsed = time.perf_counter() - start
-    figures = params.figures(ds, folder)
-    result = StudyResult(name=name, seed=seed, preset=preset, params=values, rows=rows, elapsed_s=elapsed,
-                         folder=folder, computed=ctx.computed, reused=ctx.reused, figures=figures, dataset=ds)
-    write_outputs(info, params, result)
-    return result
-
-
 __all__ = ["Context", "Row", "StudyResult", "VERDICTS", "cell_id", "cell_seed", "decide", "mean_interval",
-           "rate_tolerance", "run_study", "wilson_interval"]
+           "rate_tolerance", "wilson_interval"]
