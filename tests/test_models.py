@@ -19,7 +19,7 @@ FLAT = (40,)
 DIGITS = (1, 8, 8)
 CIFAR = (3, 32, 32)
 IMAGE_MODELS = ["bncnn", "resnet20", "resnet56", "resnet110", "wrn", "vgg9", "densenet"]
-FLAT_MODELS = ["mlp", "cnn1d", "linear", "two_layer"]
+FLAT_MODELS = ["mlp", "logistic", "cnn1d", "gru", "lstm", "linear", "two_layer"]
 FORWARD_CASES = [(name, shape) for name in IMAGE_MODELS for shape in (DIGITS, CIFAR)] + [
     (name, shape) for name in FLAT_MODELS for shape in (FLAT, DIGITS)
 ]
@@ -102,7 +102,7 @@ def test_mlp_keys_are_honoured() -> None:
 
 
 def test_zoo_defaults_are_listed() -> None:
-    assert zoo_keys("mlp") == {"widths": (100, 100), "activation": "relu", "bias": True}
+    assert zoo_keys("mlp") == {"widths": (100, 100), "activation": "relu", "bias": True, "residual": False}
     assert zoo_keys("resnet56") == {"shortcut": True, "width": 1}
 
 
