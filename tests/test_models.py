@@ -306,3 +306,13 @@ def test_bad_shapes_raise_user_errors() -> None:
     _assert_one_line_error("zoo:mlp", "input_shape", input_shape=())
     _assert_one_line_error("zoo:mlp", "output_dim", output_dim=0)
     _assert_one_line_error("zoo:cnn1d", "at least 3 features", input_shape=(2,))
+
+
+def test_vgg9_width_scales_every_layer_and_keeps_the_recipe() -> None:
+    small = build_model("zoo:vgg9:width=8", input_shape=DIGITS, output_dim=10)
+    full = build_model("zoo:vgg9", input_shape=DIGITS, output_dim=10)
+    convs = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [8, 8, 16, 16, 32, 32, 32]
+    assert [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)] == [64, 64, 128, 128, 256, 256, 256]
+    assert [type(m) for m in small.modules()] == [type(m) for m in full.modules()]
+    assert small.fc[0].out_features == 32

@@ -9,6 +9,9 @@ Departures for small inputs: a 2x2 max-pool (``ceil_mode=True`` as in Li et al.)
 the current spatial size is at least 2, so (1, 8, 8) digits go 8 -> 4 -> 2 -> 1 and (3, 32, 32) CIFAR goes
 32 -> 16 -> 8 -> 4 exactly as in the paper. ``bn=False`` drops every BatchNorm layer. Parameter names
 (``features.0.weight``, ``fc.0.weight``, ``classifier.weight``) follow Li et al.'s code.
+
+Laptop scale: ``width`` is the first conv width (Li et al.: 64); every width of the recipe scales with it
+(``width=8`` gives 8-8-M-16-16-M-32-32-32-M and a 32-unit FC layer), the layer structure stays VGG-9's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lossatlas.models.resnet import image_channels
+from lossatlas.models.resnet import image_channels, require_positive
 
 #: Li et al. 2018's VGG-9 feature config: conv widths and "M" for a 2x2 max-pool.
 VGG9_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
@@ -69,11 +72,14 @@ class VGG(nn.Module):
         return self.classifier(self.fc(out))
 
 
-def vgg9(*, input_shape: tuple[int, ...], output_dim: int, bn: bool = True) -> nn.Module:
-    """VGG-9 of Li et al. 2018 (7 conv + 2 FC layers); ``bn=False`` removes all BatchNorm layers."""
+def vgg9(*, input_shape: tuple[int, ...], output_dim: int, bn: bool = True, width: int = 64) -> nn.Module:
+    """VGG-9 of Li et al. 2018 (7 conv + 2 FC layers); ``bn=False`` removes all BatchNorm layers; ``width``
+    (default 64, the paper's) scales every layer's width: ``width=8`` is a VGG-9 for 2-core laptops."""
     in_channels = image_channels(input_shape, "vgg9")
+    require_positive(width, "width", "vgg9")
+    config = tuple(item if item == "M" else int(item) * width // 64 or 1 for item in VGG9_CONFIG)
     return VGG(
-        VGG9_CONFIG,
+        config,
         in_channels=in_channels,
         height=int(input_shape[1]),
         width=int(input_shape[2]),
