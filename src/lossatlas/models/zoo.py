@@ -16,8 +16,8 @@ parameters after those two *are* its zoo keys, and their type hints say how a ke
 * ``linear``: a deep linear network x -> W_L ... W_1 x (Saxe et al. 2014; Kawaguchi 2016).
 * ``two_layer``: x -> a^T sigma(W x), the one-hidden-layer nets of Safran & Shamir 2018.
 
-The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``) and the recurrent ones (``gru``,
-``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) live in their own files.
+The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``; ``vgg9_1d``: VGG-9 for 1-D signals) and
+the recurrent ones (``gru``, ``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) live in their own files.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.models.densenet import densenet
 from lossatlas.models.recurrent import gru, lstm
 from lossatlas.models.resnet import image_channels, require_positive, resnet20, resnet56, resnet110, wrn
-from lossatlas.models.vgg import vgg9
+from lossatlas.models.vgg import vgg9, vgg9_1d
 from lossatlas.specs import Spec, parse_options, parse_spec, typed_options
 
 
@@ -310,6 +310,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "logistic": logistic,
     "gru": gru,
     "lstm": lstm,
+    "vgg9_1d": vgg9_1d,
 }
 
 
