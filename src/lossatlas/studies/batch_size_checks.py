@@ -105,21 +105,29 @@ def claim_rows(params: BatchSizeWeightDecay, ds: xr.Dataset) -> list[Row]:
     return rows
 
 
-def _ordering_rows(ms: xr.Dataset, ds: xr.Dataset) -> list[Row]:
-    """Spearman ρ of each sharpness measure with test error over every run; bootstrap 95% interval."""
-    from scipy.stats import spearmanr
+def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of the rows of ``x`` and ``y`` (``(..., n)``; average ranks for ties); NaN for a constant row."""
+    from scipy.stats import rankdata
 
+    rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray((rx * ry).sum(-1) / np.sqrt((rx**2).sum(-1) * (ry**2).sum(-1)))
+
+
+def _ordering_rows(ms: xr.Dataset, ds: xr.Dataset) -> list[Row]:
+    """Spearman ρ of each sharpness measure with test error over every run; bootstrap 95% interval (1000
+    resamples of the runs, seed 0)."""
     from lossatlas.studies.batch_size_weight_decay import MEASURES, SHARPER_WHEN_LARGER
 
     rows = []
     err = ds.test_error.values.reshape(-1)
-    rng = np.random.default_rng(0)
-    draws = rng.integers(0, err.size, size=(1000, err.size))
+    draws = np.random.default_rng(0).integers(0, err.size, size=(1000, err.size))
     for m in MEASURES:
         sharp = ms[m].values.reshape(-1) * (1 if SHARPER_WHEN_LARGER[m] else -1)
-        rho = float(spearmanr(sharp, err).statistic) if np.ptp(err) > 0 and np.ptp(sharp) > 0 else float("nan")
-        boot = [spearmanr(sharp[i], err[i]).statistic for i in draws if np.ptp(err[i]) > 0 and np.ptp(sharp[i]) > 0]
-        boot = np.array([b for b in boot if np.isfinite(b)])
+        rho = float(spearman(sharp, err))
+        boot = spearman(sharp[draws], err[draws])
+        boot = boot[np.isfinite(boot)]
         ci = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if boot.size > 10 else None
         rows.append(Row.compare("spearman_sharpness_test_error", {"measure": m}, None, rho, ci=ci,
                                 note=f"over {err.size} runs; bootstrap over runs"))
@@ -179,7 +187,7 @@ def batch_size_figures(params: BatchSizeWeightDecay, ds: xr.Dataset, folder: Pat
             ax.legend(fontsize=7)
     fig.tight_layout()
     paths = [folder / "li_figures_2_3.png"]
-    fig.savefig(paths[0], dpi=100)
+    fig.savefig(paths[0], dpi=80)
     plt.close(fig)
     ms = measures(params, ds)
     fig, axes = plt.subplots(1, len(ms.data_vars), figsize=(4 * len(ms.data_vars), 3.6), squeeze=False)

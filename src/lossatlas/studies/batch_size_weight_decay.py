@@ -20,7 +20,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import path_eval_spec
-from lossatlas.studies.runs import TrainedRun, derived_seeds, study_data, train_run, weights
+from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run, weights
 from lossatlas.training import TrainSpec
 
 MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
@@ -28,16 +28,18 @@ MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
 SHARPER_WHEN_LARGER = {"fn_width": False, "unit_width": False, "lambda_max": True, "eps_sharpness": True}
 
 
-def _run(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, wd: float, batch: int,
-         seed_index: int) -> tuple[TrainedRun, list[int]]:
-    """One SGD run; the four configurations of one seed index share θ₀, minibatch seed and probe directions."""
+def _run(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, wd: float, batch: int, seed_index: int,
+         fit: bool = True) -> tuple[TrainedRun, list[int]]:
+    """One SGD run (trained, or read back when ``fit`` is False); the four configurations of one seed index share
+    θ₀, the minibatch seed and the probe directions."""
     seeds = derived_seeds(cell_seed(study_seed, {"seed": seed_index}), 4)
     key = {"weight_decay": wd, "batch_size": batch, "seed": seed_index}
     spec = TrainSpec(epochs=params.epochs, batch_size=batch, lr=params.lr, momentum=params.momentum,
                      weight_decay=wd, optimizer="sgd", seed=seeds[1], save_every=max(1, params.epochs // 2))
-    run = train_run(Path(study_dir) / "runs" / cell_id(key), model=params.model, data=study_data(params.data),
-                    spec=spec, init_seed=seeds[0], device=params.device)
-    return run, seeds
+    folder, data = Path(study_dir) / "runs" / cell_id(key), study_data(params.data)
+    if not fit:
+        return read_run(folder, model=params.model, data=data, init_seed=seeds[0], epochs=params.epochs), seeds
+    return train_run(folder, model=params.model, data=data, spec=spec, init_seed=seeds[0], device=params.device), seeds
 
 
 def _run_cell(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, cell: dict[str, Any],
@@ -73,8 +75,8 @@ def _run_cell(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, cel
 def _pair_cell(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, cell: dict[str, Any],
                seed: int) -> dict[str, np.ndarray]:
     """Li et al.'s Fig. 2: the line from the small-batch (α = 0) to the large-batch solution (α = 1)."""
-    small, _ = _run(params, study_dir, study_seed, cell["weight_decay"], params.small_batch, cell["seed"])
-    large, _ = _run(params, study_dir, study_seed, cell["weight_decay"], params.large_batch, cell["seed"])
+    small, _ = _run(params, study_dir, study_seed, cell["weight_decay"], params.small_batch, cell["seed"], fit=False)
+    large, _ = _run(params, study_dir, study_seed, cell["weight_decay"], params.large_batch, cell["seed"], fit=False)
     points = 4 * ((params.curve_points - 1) // 4) + 1  # α = 0 and 1 on the grid
     ds = interpolate(small.final, large.final, study_data(params.data), x=f"-0.5:1.5:{points}",
                      eval_spec=path_eval_spec(), out=Path(study_dir) / "runs" / f"{cell_id(cell)}_interpolation.zarr",

@@ -18,7 +18,15 @@ from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import inner, parameters_of, read_state_dict
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
 from lossatlas.studies.mnist1d_baselines import MODELS as BASELINE_MODELS
-from lossatlas.studies.runs import TrainedRun, derived_seeds, parameter_distance, study_data, train_run, uphill_steps
+from lossatlas.studies.runs import (
+    TrainedRun,
+    derived_seeds,
+    parameter_distance,
+    read_run,
+    study_data,
+    train_run,
+    uphill_steps,
+)
 from lossatlas.training import TrainSpec
 
 MODELS = {**BASELINE_MODELS, "lstm": "zoo:lstm"}
@@ -30,12 +38,17 @@ PLANE_DIMS = {"plane_x": ("px",), "plane_y": ("py",), "plane_train_loss": ("px",
               "path_residual": ("path",), "path_train_loss": ("path",)}
 
 
-def _train_pair(params: Goodfellow, folder: Path, cell: dict[str, Any], seed: int) -> list[TrainedRun]:
-    """Two runs that differ only in their random initialisation (same minibatch order)."""
+def _train_pair(params: Goodfellow, folder: Path, cell: dict[str, Any], seed: int,
+                fit: bool = True) -> list[TrainedRun]:
+    """Two runs that differ only in their random initialisation (same minibatch order); ``fit=False`` reads
+    finished runs back without writing."""
     data = study_data(params.data)
     init_a, init_b, batches = derived_seeds(seed, 3)
     spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, optimizer="adam",
                      seed=batches, save_every=max(1, params.epochs // params.checkpoints))
+    if not fit:
+        return [read_run(folder / f"start_{s}", model=MODELS[cell["model"]], data=data, init_seed=init,
+                         epochs=params.epochs) for s, init in zip(STARTS, (init_a, init_b), strict=True)]
     return [train_run(folder / f"start_{s}", model=MODELS[cell["model"]], data=data, spec=spec, init_seed=init,
                       device=params.device) for s, init in zip(STARTS, (init_a, init_b), strict=True)]
 
@@ -64,7 +77,7 @@ def _plane_cell(params: Goodfellow, study_dir: str, study_seed: int, cell: dict[
     trajectory farthest from the line θ₀θ*, the loss on it and the trajectory projected onto it."""
     pair = {"model": cell["model"], "pair": 0}
     folder = Path(study_dir) / "runs" / cell_id(pair)
-    run = _train_pair(params, folder, pair, cell_seed(study_seed, pair))[0]
+    run = _train_pair(params, folder, pair, cell_seed(study_seed, pair), fit=False)[0]
     files = run.checkpoints()
     keys = list(parameters_of(run.initial))
     points = [{k: v.double() for k, v in read_state_dict(f).items() if k in keys} for f in files]
@@ -187,9 +200,11 @@ class Goodfellow(Study):
             mean, ci = mean_interval(uphill)
             worst = int(np.argmax(uphill))
             j = int(np.argmax(uphill_steps(profiles[worst])))
-            rows.append(Row.compare("max_uphill_rel", key, 0.0, mean, ci=ci, tolerance=self.bump_tolerance, note=(
-                f"largest rise {uphill[worst]:.3g}·L(θ₀) (run {worst}, α {alpha[j]:.3g} → {alpha[j + 1]:.3g}) "
-                f"over {uphill.size} runs")))
+            note = (f"monotone in all {uphill.size} runs" if uphill[worst] == 0 else
+                    f"largest rise {uphill[worst]:.3g}·L(θ₀) (run {worst} of {uphill.size}, α {alpha[j]:.3g} → "
+                    f"{alpha[j + 1]:.3g})")
+            rows.append(Row.compare("max_uphill_rel", key, 0.0, mean, ci=ci, tolerance=self.bump_tolerance,
+                                    note=note))
             between = ds.between_train_loss.sel(model=model).values
             barriers = np.array([loss_barrier(alpha, b)["barrier"] for b in between])
             relative = float((barriers / start_loss.reshape(-1, 2).mean(axis=1)).mean())

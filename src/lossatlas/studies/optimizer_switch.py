@@ -15,11 +15,12 @@ from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.curvature.sharpness import curve_width
 from lossatlas.directions import DirectionSpec, PlaneSpec
+from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
-from lossatlas.studies.runs import TrainedRun, derived_seeds, study_data, train_run
+from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run
 from lossatlas.training import TrainSpec
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -44,14 +45,16 @@ def _spec(params: OptimizerSwitch, name: str, batch_seed: int) -> TrainSpec:
                      **common)
 
 
-def _run(params: OptimizerSwitch, study_dir: str, study_seed: int, init: int,
-         name: str) -> tuple[TrainedRun, list[int]]:
-    """Run ``name`` from initialisation ``init``: every run of one init shares θ₀ and the minibatch order."""
+def _run(params: OptimizerSwitch, study_dir: str, study_seed: int, init: int, name: str,
+         fit: bool = True) -> tuple[TrainedRun, list[int]]:
+    """Run ``name`` from initialisation ``init`` (trained, or read back when ``fit`` is False): every run of one
+    init shares θ₀ and the minibatch order."""
     seeds = derived_seeds(cell_seed(study_seed, {"init": init}), 3)
-    run = train_run(Path(study_dir) / "runs" / cell_id({"init": init, "run": name}), model=params.model,
-                    data=study_data(params.data), spec=_spec(params, name, seeds[1]), init_seed=seeds[0],
-                    device=params.device)
-    return run, seeds
+    folder, data = Path(study_dir) / "runs" / cell_id({"init": init, "run": name}), study_data(params.data)
+    if not fit:
+        return read_run(folder, model=params.model, data=data, init_seed=seeds[0], epochs=params.epochs), seeds
+    return train_run(folder, model=params.model, data=data, spec=_spec(params, name, seeds[1]), init_seed=seeds[0],
+                     device=params.device), seeds
 
 
 def _run_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: dict[str, Any],
@@ -66,7 +69,8 @@ def _run_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: di
     for kind, norm in NORMS.items():
         curves[kind] = np.stack([
             surface(run.final, data, x=grid, directions=DirectionSpec(norm=norm, ignore="biasbn", seed=seeds[2] + d),
-                    out=run.folder / f"basin_{kind}_{d}.zarr", device=params.device).train_loss.values
+                    eval_spec=EvalSpec(splits=("train",)), out=run.folder / f"basin_{kind}_{d}.zarr",
+                    device=params.device).train_loss.values
             for d in range(params.directions)])
     m = run.metrics
     return {"train_loss": np.array(m["train_loss"][-1]), "test_accuracy": np.array(m["test_accuracy"][-1]),
@@ -77,8 +81,8 @@ def _run_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: di
 def _pair_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: dict[str, Any],
                seed: int) -> dict[str, np.ndarray]:
     """The straight line between two solutions from the same initialisation."""
-    a, _ = _run(params, study_dir, study_seed, cell["init"], cell["a"])
-    b, _ = _run(params, study_dir, study_seed, cell["init"], cell["b"])
+    a, _ = _run(params, study_dir, study_seed, cell["init"], cell["a"], fit=False)
+    b, _ = _run(params, study_dir, study_seed, cell["init"], cell["b"], fit=False)
     ds = interpolate(a.final, b.final, study_data(params.data), x=f"0:1:{params.points}", eval_spec=path_eval_spec(),
                      out=Path(study_dir) / "runs" / f"line_{cell_id(cell)}.zarr", device=params.device)
     return {"t": ds.x.values, "line_train_loss": ds.train_loss.values, "line_test_loss": ds.test_loss.values}
@@ -87,7 +91,7 @@ def _pair_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: d
 def _plane_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: dict[str, Any],
                 seed: int) -> dict[str, np.ndarray]:
     """The plane through the SGD, Adam and RMSprop solutions of initialisation 0 (centred at SGD's)."""
-    runs = [_run(params, study_dir, study_seed, 0, name)[0] for name in OPTIMIZERS]
+    runs = [_run(params, study_dir, study_seed, 0, name, fit=False)[0] for name in OPTIMIZERS]
     anchors = PlaneSpec(tuple(r.checkpoint(params.epochs) for r in runs)).build(parameters_of(runs[0].final))  # type: ignore[arg-type]
     x, y = anchor_axes(anchors.coords, params.plane_points)
     ds = surface(runs[0].final, study_data(params.data), directions=anchors, x=x, y=y,

@@ -71,7 +71,14 @@ def train_run(folder: str | Path, *, model: str, data: Dataset, spec: TrainSpec,
     initial = build_model(model, input_shape=data.input_shape, output_dim=data.output_dim, seed=int(init_seed))
     prov = {"model": model, "data": data.name, "init_seed": int(init_seed), **(provenance or {})}
     train(initial, data, spec, folder, provenance=prov, device=device)
-    final = load_checkpoint(initial, checkpoint_path(folder, spec.epochs))
+    return read_run(folder, model=model, data=data, init_seed=init_seed, epochs=spec.epochs)
+
+
+def read_run(folder: str | Path, *, model: str, data: Dataset, init_seed: int, epochs: int) -> TrainedRun:
+    """A run :func:`train_run` finished, read back without writing anything (safe from parallel cells)."""
+    folder = Path(folder)
+    initial = build_model(model, input_shape=data.input_shape, output_dim=data.output_dim, seed=int(init_seed))
+    final = load_checkpoint(initial, checkpoint_path(folder, epochs))
     return TrainedRun(folder, initial, final.eval(), read_metrics(folder))
 
 
@@ -102,5 +109,5 @@ def uphill_steps(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.clip(rises, 0.0, None)
 
 
-__all__ = ["SEED_MAX", "TrainedRun", "derived_seeds", "parameter_distance", "read_metrics", "study_data",
+__all__ = ["SEED_MAX", "TrainedRun", "derived_seeds", "parameter_distance", "read_metrics", "read_run", "study_data",
            "train_run", "uphill_steps", "weights"]
