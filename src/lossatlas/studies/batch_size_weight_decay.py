@@ -14,14 +14,14 @@ from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.curvature.hvp import HessianOperator
 from lossatlas.curvature.sharpness import engine_value_and_gradient, epsilon_sharpness
-from lossatlas.directions import DirectionSpec
+from lossatlas.directions import DirectionSpec, Ignore, Norm
 from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import path_eval_spec
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run, weights
-from lossatlas.training import TrainSpec
+from lossatlas.training import OptimizerName, TrainSpec
 
 MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
 """Sharpness measures: filter-normalised curve width, Euclidean curve width, top Hessian eigenvalue, Keskar's ε."""
@@ -35,7 +35,7 @@ def _run(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, wd: floa
     seeds = derived_seeds(cell_seed(study_seed, {"seed": seed_index}), 4)
     key = {"weight_decay": wd, "batch_size": batch, "seed": seed_index}
     spec = TrainSpec(epochs=params.epochs, batch_size=batch, lr=params.lr, momentum=params.momentum,
-                     weight_decay=wd, optimizer="sgd", seed=seeds[1], save_every=max(1, params.epochs // 2))
+                     weight_decay=wd, optimizer=OptimizerName.sgd, seed=seeds[1], save_every=max(1, params.epochs // 2))
     folder, data = Path(study_dir) / "runs" / cell_id(key), study_data(params.data)
     if not fit:
         return read_run(folder, model=params.model, data=data, init_seed=seeds[0], epochs=params.epochs), seeds
@@ -56,8 +56,8 @@ def _run_cell(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, cel
                             max_iter=params.eps_iterations, seed=seeds[3])
     grid = f"-{params.curve_range:g}:{params.curve_range:g}:{params.curve_points}"
     curves = {}
-    for name, norm in (("fn", "filter"), ("unit", "model")):
-        ds = surface(run.final, data, x=grid, directions=DirectionSpec(norm=norm, ignore="biasbn", seed=seeds[3]),
+    for name, norm in (("fn", Norm.filter), ("unit", Norm.model)):
+        ds = surface(run.final, data, x=grid, directions=DirectionSpec(norm=norm, ignore=Ignore.biasbn, seed=seeds[3]),
                      out=folder / f"curve_{name}.zarr", device=params.device)
         curves[name] = ds
     kept = float(np.sqrt(sum(float((p.double() ** 2).sum()) for p in parameters_of(run.final).values()

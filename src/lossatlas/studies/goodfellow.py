@@ -27,7 +27,7 @@ from lossatlas.studies.runs import (
     train_run,
     uphill_steps,
 )
-from lossatlas.training import TrainSpec
+from lossatlas.training import OptimizerName, TrainSpec
 
 MODELS = {**BASELINE_MODELS, "lstm": "zoo:lstm"}
 """The MNIST-1D reference nets (Greydanus 2020) and the LSTM twin of the GRU."""
@@ -44,7 +44,7 @@ def _train_pair(params: Goodfellow, folder: Path, cell: dict[str, Any], seed: in
     finished runs back without writing."""
     data = study_data(params.data)
     init_a, init_b, batches = derived_seeds(seed, 3)
-    spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, optimizer="adam",
+    spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, optimizer=OptimizerName.adam,
                      seed=batches, save_every=max(1, params.epochs // params.checkpoints))
     if not fit:
         return [read_run(folder / f"start_{s}", model=MODELS[cell["model"]], data=data, init_seed=init,

@@ -14,7 +14,7 @@ from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.errors import UserInputError
 from lossatlas.studies.runs import derived_seeds, study_data, train_run
-from lossatlas.training import TrainSpec
+from lossatlas.training import OptimizerName, TrainSpec
 
 #: Greydanus' reference models (notebooks/models.py) as zoo specs.
 MODELS = {"logistic": "zoo:logistic", "mlp": "zoo:mlp:widths=100-100,residual=true", "cnn": "zoo:cnn1d",
@@ -34,7 +34,7 @@ def _cell(params: MNIST1DBaselines, runs_dir: str, cell: dict[str, Any], seed: i
     """One training run of one model: Adam on cross-entropy, then the per-epoch log."""
     data = study_data(params.data)
     init_seed, batch_seed = derived_seeds(seed, 2)
-    spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, optimizer="adam",
+    spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, optimizer=OptimizerName.adam,
                      weight_decay=0.0, seed=batch_seed, save_every=params.epochs)
     run = train_run(Path(runs_dir) / cell_id(cell), model=MODELS[cell["model"]], data=data, spec=spec,
                     init_seed=init_seed, device=params.device)
@@ -111,7 +111,7 @@ class MNIST1DBaselines(Study):
             return np.stack([r[name] for r in results]).reshape(*shape, -1)
 
         per_epoch = ("model", "run", "epoch")
-        data = {name: (per_epoch, stack(name)) for name in
+        data: dict[str, Any] = {name: (per_epoch, stack(name)) for name in
                 ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "param_norm")}
         data["parameters"] = (("model",), stack("parameters")[:, 0, 0])
         n_train = int(study_data(self.data).split("train")[0].shape[0])

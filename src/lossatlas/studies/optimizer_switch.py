@@ -14,17 +14,17 @@ from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_i
 from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.curvature.sharpness import curve_width
-from lossatlas.directions import DirectionSpec, PlaneSpec
+from lossatlas.directions import DirectionSpec, Ignore, Norm, PlaneSpec
 from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run
-from lossatlas.training import TrainSpec
+from lossatlas.training import OptimizerName, TrainSpec
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-NORMS = {"unit": "model", "filter": "filter"}
+NORMS = {"unit": Norm.model, "filter": Norm.filter}
 """Basin probes: a unit direction (distances in parameter space, Im et al.) and a filter-normalised one (Li et al.)."""
 
 
@@ -34,14 +34,15 @@ def run_names(params: OptimizerSwitch) -> list[str]:
 
 
 def _spec(params: OptimizerSwitch, name: str, batch_seed: int) -> TrainSpec:
-    common = {"epochs": params.epochs, "batch_size": params.batch_size, "seed": batch_seed, "momentum": 0.0,
-              "save_every": params.epochs}
+    common: dict[str, Any] = {"epochs": params.epochs, "batch_size": params.batch_size, "seed": batch_seed,
+                              "momentum": 0.0, "save_every": params.epochs}
     if name == "sgd":
-        return TrainSpec(optimizer="sgd", lr=params.sgd_lr, **common)
+        return TrainSpec(optimizer=OptimizerName.sgd, lr=params.sgd_lr, **common)
     if name in ("adam", "rmsprop"):
-        return TrainSpec(optimizer=name, lr=params.adaptive_lr, **common)
+        return TrainSpec(optimizer=OptimizerName(name), lr=params.adaptive_lr, **common)
     switch = int(name.split("@")[1])
-    return TrainSpec(optimizer="sgd", lr=params.sgd_lr, switch_at=switch, optimizer2="adam", lr2=params.switch_lr,
+    return TrainSpec(optimizer=OptimizerName.sgd, lr=params.sgd_lr, switch_at=switch, optimizer2=OptimizerName.adam,
+                     lr2=params.switch_lr,
                      **common)
 
 
@@ -68,9 +69,9 @@ def _run_cell(params: OptimizerSwitch, study_dir: str, study_seed: int, cell: di
     curves = {}
     for kind, norm in NORMS.items():
         curves[kind] = np.stack([
-            surface(run.final, data, x=grid, directions=DirectionSpec(norm=norm, ignore="biasbn", seed=seeds[2] + d),
-                    eval_spec=EvalSpec(splits=("train",)), out=run.folder / f"basin_{kind}_{d}.zarr",
-                    device=params.device).train_loss.values
+            surface(run.final, data, x=grid, eval_spec=EvalSpec(splits=("train",)), device=params.device,
+                    directions=DirectionSpec(norm=norm, ignore=Ignore.biasbn, seed=seeds[2] + d),
+                    out=run.folder / f"basin_{kind}_{d}.zarr").train_loss.values
             for d in range(params.directions)])
     m = run.metrics
     return {"train_loss": np.array(m["train_loss"][-1]), "test_accuracy": np.array(m["test_accuracy"][-1]),
