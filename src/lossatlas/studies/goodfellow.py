@@ -83,7 +83,7 @@ def _plane_cell(params: Goodfellow, study_dir: str, study_seed: int, cell: dict[
     points = [{k: v.double() for k, v in read_state_dict(f).items() if k in keys} for f in files]
     steps = [{k: p[k] - points[0][k] for k in keys} for p in points]
     line = {k: t / float(inner(steps[-1], steps[-1])) ** 0.5 for k, t in steps[-1].items()}
-    off_line = [float(inner(s, s) - inner(s, line) ** 2) ** 0.5 if i else 0.0 for i, s in enumerate(steps)]
+    off_line = [max(float(inner(s, s) - inner(s, line) ** 2), 0.0) ** 0.5 if i else 0.0 for i, s in enumerate(steps)]
     farthest = int(np.argmax(off_line[:-1]))
     if farthest == 0:
         raise UserInputError("goodfellow: the trajectory has no checkpoint off the line θ₀θ*; raise checkpoints")
