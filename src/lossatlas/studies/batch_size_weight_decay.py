@@ -125,7 +125,7 @@ class BatchSizeWeightDecay(Study):
     epsilon: float = 1e-3
     eps_iterations: int = 5
     curve_range: float = 1.0
-    curve_points: int = 21
+    curve_points: int = 13
     width_height: float = 0.1
     large_quantile: float = 0.9
     small_quantile: float = 0.1
@@ -152,7 +152,7 @@ class BatchSizeWeightDecay(Study):
     published effect with the direction of our means; numeric rows (test error, λmax, ε-sharpness, widths)
     carry Student-t 95% intervals over seeds and no published value. Weights: 'large' means |w| above the
     pooled (SB and LB of one weight decay and seed) 90th percentile of |w|, 'small' below its 10th. The
-    quick preset (one seed, 3 epochs, an eighth of the widths, 21-point curves, 5 L-BFGS-B iterations, λmax on
+    quick preset (one seed, 3 epochs, an eighth of the widths, 13-point curves, 5 L-BFGS-B iterations, λmax on
     500 samples) is a smoke test: its runs are far from converged (the large batch takes 12 steps)."""
 
     def __post_init__(self) -> None:
