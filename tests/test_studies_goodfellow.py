@@ -1,4 +1,4 @@
-"""goodfellow: the profiles start at θ₀'s and end at θ*'s training loss, the uphill statistic is the one a plain
+"""goodfellow: the profiles start at θ₀'s and end at θ*'s training loss, the climb statistic is the one a plain
 loop gives, the 2-D view puts θ₀ at the origin and θ* on the first axis; the quick preset (slow) runs its checks."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from lossatlas.params import read_state_dict
 from lossatlas.studies import run_study
 from lossatlas.studies.framework import cell_id
-from lossatlas.studies.runs import read_metrics
+from lossatlas.studies.runs import climbs, read_metrics
 from lossatlas.training import list_checkpoints
 
 SMALL = {"models": "cnn", "epochs": "2", "points": "5", "checkpoints": "2", "plane_models": "cnn",
@@ -34,17 +34,26 @@ def test_profiles_run_from_the_initial_to_the_final_training_loss(small) -> None
     assert between[-1] == pytest.approx(read_metrics(folder / "start_B")["train_loss"][-1], rel=1e-6)
 
 
-def test_largest_uphill_step_is_the_plain_loop_value(small) -> None:
+def test_largest_climb_is_the_plain_loop_value(small) -> None:
     profiles = small.dataset.profile_train_loss.sel(model="cnn").values.reshape(-1, 5)
     expected = []
     for p in profiles:
         worst = 0.0
-        for j in range(len(p) - 1):
-            worst = max(worst, p[j + 1] - p[j])
+        for j in range(len(p)):
+            for i in range(j):
+                worst = max(worst, p[j] - min(p[: i + 1]))
         expected.append(worst / p[0])
     row = next(r for r in small.rows if r.quantity == "max_uphill_rel")
-    assert row.measured == pytest.approx(float(np.mean(expected)), abs=1e-15)
+    assert row.measured == pytest.approx(max(expected), abs=1e-15)
     assert row.tolerance == 0.01 and row.published == 0.0
+    bumps = next(r for r in small.rows if r.quantity == "bump_pct")
+    assert bumps.measured == pytest.approx(100 * float(np.mean(np.array(expected) > 0.01)))
+
+
+def test_climbs_count_a_bump_climbed_in_small_steps_in_full() -> None:
+    curve = np.array([2.0, 1.9, 1.95, 2.0, 2.05, 2.1, 1.0, np.nan])
+    np.testing.assert_allclose(climbs(curve)[:7], [0, 0, 0.05, 0.1, 0.15, 0.2, 0], atol=1e-12)
+    assert climbs(curve)[7] == np.inf and climbs([3.0, 2.0, 1.0]).max() == 0.0
 
 
 def test_plane_puts_init_at_the_origin_and_the_solution_on_the_first_axis(small) -> None:

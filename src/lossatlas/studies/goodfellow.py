@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.directions import PlaneSpec, plane_directions
@@ -20,12 +20,12 @@ from lossatlas.paths.barrier import loss_barrier, path_eval_spec
 from lossatlas.studies.mnist1d_baselines import MODELS as BASELINE_MODELS
 from lossatlas.studies.runs import (
     TrainedRun,
+    climbs,
     derived_seeds,
     parameter_distance,
     read_run,
     study_data,
     train_run,
-    uphill_steps,
 )
 from lossatlas.training import OptimizerName, TrainSpec
 
@@ -115,9 +115,10 @@ class Goodfellow(Study):
     pairs, two runs from two random initialisations (PyTorch defaults, independent seeds) with the same
     minibatch order are trained with Greydanus' protocol (Adam 1e-2, batch 100) for ``epochs`` epochs. For each
     run the training loss at ``points`` equally spaced α in [0, 1] (:func:`lossatlas.landscape.interpolate`,
-    whole training split); the *largest uphill step* max_j (L(α_{j+1}) − L(α_j))⁺ / L(θ₀) measures a bump
-    (0 for a monotone profile). Between the two solutions of a pair, the line (1 − α) θ*_A + α θ*_B and its
-    barrier max_α L − (linear interpolation of the end values) (:func:`lossatlas.paths.barrier.loss_barrier`).
+    whole training split); the *largest uphill climb* max_j (L(α_j) − min_{i≤j} L(α_i)) / L(θ₀), the height of
+    the biggest bump met walking from θ₀ to θ* (0 for a monotone profile, whatever the grid spacing). Between
+    the two solutions of a pair, the line (1 − α) θ*_A + α θ*_B and its barrier max_α L − (linear interpolation
+    of the end values) (:func:`lossatlas.paths.barrier.loss_barrier`).
     For start A of pair 0 of every model in ``plane_models``: the loss on the plane through θ₀, θ* and the
     checkpoint farthest from their line (Goodfellow et al.'s 2-D view: the line and the direction in which the
     path strays from it; :func:`lossatlas.directions.plane_directions`), with the trajectory projected onto it.
@@ -140,14 +141,21 @@ class Goodfellow(Study):
         source="Goodfellow, Vinyals & Saxe 2015 (ICLR): the profiles of MLPs, CNNs and LSTMs (Sec. 3) and the "
                "'two random starting points, two solutions' figure, as reproduced in the lecture notes (seed 004, "
                "'Profile', 'Profile - LSTM')",
-        columns=("model", "max_uphill_rel", "solution_barrier_present"),
-        rows=(("mlp", 0.0, "yes"), ("cnn", 0.0, "yes"), ("lstm", 0.0, "yes")),
-        note="published as plots: 'no bump' is read as a largest uphill step of 0; the barrier between two "
+        columns=("model", "max_uphill_rel", "bump_pct", "solution_barrier_present"),
+        rows=(("mlp", 0.0, 0.0, "yes"), ("cnn", 0.0, 0.0, "yes"), ("lstm", 0.0, 0.0, "yes")),
+        note="published as plots: 'no bump' is read as a largest uphill climb of 0; the barrier between two "
              "solutions is shown, not measured")
-    NOTES = """Tolerance: a rise smaller than bump_tolerance = 1% of L(θ₀) is invisible on profiles whose scale is
-    set by L(θ₀), so max_uphill_rel agrees when 0 lies within our Student-t 95% interval over runs (2·pairs
-    runs per model) widened by 0.01 (with one pair: two runs), and a barrier between two solutions counts as
-    present when the mean barrier exceeds 1% of L(θ₀). The quick preset trains 3 epochs (120 Adam steps),
+    NOTES = """Tolerance: a climb smaller than bump_tolerance = 1% of L(θ₀) is invisible on profiles whose scale is
+    set by L(θ₀). 'No bump' is a claim about every profile, so max_uphill_rel is the largest climb over the
+    2·pairs runs of a model (it agrees when at most 0.01), and bump_pct the share of runs that climb more
+    than that (published 0, Wilson 95% interval). A barrier between two solutions counts as present when the
+    mean barrier exceeds 1% of L(θ₀).
+
+    What differs: in the full run the LSTM's profile climbs in 3 of 4 runs (by up to 29% of L(θ₀), around
+    α ≈ 0.3) before falling to the solution, while the MLP's and CNN's are monotone. Goodfellow et al.'s LSTM
+    was a different net (a sequence model on other data, their optimiser); ours is the GRU's LSTM twin on
+    MNIST-1D trained with Greydanus' protocol (Adam 1e-2), fixed in advance; no other learning rates or
+    optimisers were tried. The quick preset trains 3 epochs (120 Adam steps),
     one pair per model and a 9×9 plane for the CNN; the full preset 30 epochs (1200 steps), 2 pairs, 41 points
     per line and 17×17 planes for the MLP, CNN and LSTM."""
 
@@ -196,15 +204,20 @@ class Goodfellow(Study):
             key = {"model": str(model)}
             profiles = ds.profile_train_loss.sel(model=model).values.reshape(-1, alpha.size)
             start_loss = profiles[:, 0]
-            uphill = np.array([uphill_steps(p).max() for p in profiles]) / start_loss
-            mean, ci = mean_interval(uphill)
+            uphill = np.array([climbs(p).max() for p in profiles]) / start_loss
             worst = int(np.argmax(uphill))
-            j = int(np.argmax(uphill_steps(profiles[worst])))
+            top = int(np.argmax(climbs(profiles[worst])))
+            bottom = int(np.argmin(profiles[worst][:top + 1]))
+            bumps = int((uphill > self.bump_tolerance).sum())
             note = (f"monotone in all {uphill.size} runs" if uphill[worst] == 0 else
-                    f"largest rise {uphill[worst]:.3g}·L(θ₀) (run {worst} of {uphill.size}, α {alpha[j]:.3g} → "
-                    f"{alpha[j + 1]:.3g})")
-            rows.append(Row.compare("max_uphill_rel", key, 0.0, mean, ci=ci, tolerance=self.bump_tolerance,
+                    f"a bump above {self.bump_tolerance:g}·L(θ₀) in {bumps} of {uphill.size} runs; the largest "
+                    f"climbs {uphill[worst]:.3g}·L(θ₀) from α = {alpha[bottom]:.3g} to {alpha[top]:.3g}")
+            rows.append(Row.compare("max_uphill_rel", key, 0.0, float(uphill[worst]), tolerance=self.bump_tolerance,
                                     note=note))
+            lo, hi = wilson_interval(bumps, uphill.size)
+            rows.append(Row.compare("bump_pct", key, 0.0, 100 * bumps / uphill.size, ci=(100 * lo, 100 * hi),
+                                    note=f"runs whose profile climbs more than {self.bump_tolerance:g}·L(θ₀) "
+                                         "(Wilson 95% interval)"))
             between = ds.between_train_loss.sel(model=model).values
             barriers = np.array([loss_barrier(alpha, b)["barrier"] for b in between])
             relative = float((barriers / start_loss.reshape(-1, 2).mean(axis=1)).mean())

@@ -101,13 +101,18 @@ def parameter_distance(a: nn.Module, b: nn.Module) -> float:
     return float(torch.sqrt(sum(((pa[k].double() - pb[k].double()) ** 2).sum() for k in pa)))  # type: ignore[arg-type]
 
 
-def uphill_steps(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Rises between consecutive samples of a curve, ``max(v[j+1] − v[j], 0)`` (non-finite rises count as inf)."""
+def climbs(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """How far a curve has climbed above its lowest value so far: ``v[j] − min_{i ≤ j} v[i]`` for every j.
+
+    The largest entry is the height of the biggest bump walking along the curve (0 exactly when it never rises),
+    whatever the grid spacing: a bump climbed in many small steps counts in full. A non-finite value counts
+    as an infinite climb.
+    """
     v = np.asarray(values, dtype=np.float64)
-    rises = np.diff(v)
-    rises[~np.isfinite(rises)] = np.inf
-    return np.clip(rises, 0.0, None)
+    out = v - np.minimum.accumulate(np.where(np.isfinite(v), v, np.inf))
+    out[~np.isfinite(v)] = np.inf
+    return out
 
 
 __all__ = ["SEED_MAX", "TrainedRun", "derived_seeds", "parameter_distance", "read_metrics", "read_run", "study_data",
-           "train_run", "uphill_steps", "weights"]
+           "train_run", "climbs", "weights"]
