@@ -168,7 +168,7 @@ class MNIST1DBaselines(Study):
             ax.axhline(PUBLISHED_ACCURACY[str(model)], color=colour, ls="--", lw=1,
                        label=f"{model}: published {PUBLISHED_ACCURACY[str(model)]:g}%")
         ax.set(xlabel=f"Adam steps (batch {self.batch_size})", ylabel="test accuracy (%)", ylim=(0, 100),
-               title="MNIST-1D baselines (Greydanus 2020): measured (solid) vs published (dashed)")
+               title="MNIST-1D (Greydanus 2020): measured (solid), published (dashed)")
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         path = folder / "test_accuracy.png"
