@@ -161,6 +161,26 @@ def ccnn_objective(model: CCNN, x: Tensor, y: Tensor) -> float:
         return float(F.cross_entropy(logits_from_features(z, model.weight.double(), model.bias.double()), y))
 
 
+def _start(model: CCNN, spec: NuclearSpec) -> tuple[Tensor, Tensor]:
+    m, cols = model.weight.shape
+    if spec.init == "random":
+        generator = torch.Generator().manual_seed(spec.init_seed)
+        a = torch.randn(m, cols, generator=generator, dtype=torch.float64)
+        return a * (spec.radius / nuclear_norm(a)), torch.randn(model.num_classes, generator=generator,
+                                                                 dtype=torch.float64)
+    return torch.zeros(m, cols, dtype=torch.float64), torch.zeros(model.num_classes, dtype=torch.float64)
+
+
+def ccnn_start(model: CCNN, spec: NuclearSpec) -> CCNN:
+    """A copy of ``model`` at the programme's starting point under ``spec`` (A = 0, or a random A with ‖A‖_* = R)."""
+    a, b = _start(model, spec)
+    start = copy.deepcopy(model)
+    with torch.no_grad():
+        start.weight.copy_(a.float())
+        start.bias.copy_(b.float())
+    return start
+
+
 def fit_ccnn(model: CCNN, x: Tensor, y: Tensor, spec: NuclearSpec, *, features: Tensor | None = None) -> NuclearFit:
     """Solve the CCNN programme on training inputs ``x`` (N, *input_shape) and labels ``y`` (N,) int64.
 
@@ -173,15 +193,8 @@ def fit_ccnn(model: CCNN, x: Tensor, y: Tensor, spec: NuclearSpec, *, features: 
     design_t = design.T.contiguous()
     y = y.long()
     m, cols = model.weight.shape
-    k, positions = model.num_classes, model.positions
-    if spec.init == "random":
-        generator = torch.Generator().manual_seed(spec.init_seed)
-        a = torch.randn(m, cols, generator=generator, dtype=torch.float64)
-        a = a * (spec.radius / nuclear_norm(a))
-        b = torch.randn(k, generator=generator, dtype=torch.float64)
-    else:
-        a = torch.zeros(m, cols, dtype=torch.float64)
-        b = torch.zeros(k, dtype=torch.float64)
+    positions = model.positions
+    a, b = _start(model, spec)
     theta = _to_theta(a, b, positions)
     lip = lipschitz_constant(design)
     theta_prev, momentum_prev = theta, 1.0
@@ -215,5 +228,5 @@ def fit_ccnn(model: CCNN, x: Tensor, y: Tensor, spec: NuclearSpec, *, features: 
                       nuclear_norm=nuclear_norm(a), iterations=done)
 
 
-__all__ = ["NuclearFit", "NuclearSpec", "ccnn_objective", "design_matrix", "fit_ccnn", "lipschitz_constant",
-           "nuclear_norm", "project_nuclear_ball", "project_simplex_ball"]
+__all__ = ["NuclearFit", "NuclearSpec", "ccnn_objective", "ccnn_start", "design_matrix", "fit_ccnn",
+           "lipschitz_constant", "nuclear_norm", "project_nuclear_ball", "project_simplex_ball"]
