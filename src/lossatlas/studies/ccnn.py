@@ -77,7 +77,7 @@ def _ccnn_cell(params: CCNNStudy, cell: dict[str, Any], seed: int) -> dict[str, 
             "bias_grad_norm": np.array([f.bias_grad_norm for f in fits]),
             "test_accuracy": np.array([_accuracy(f.model, xt, yt) for f in fits]),
             "distance": np.float64(float(torch.cat([(fits[0].model.weight - fits[1].model.weight).flatten(),
-                                                    fits[0].model.bias - fits[1].model.bias]).norm())),
+                                                    fits[0].model.bias - fits[1].model.bias]).detach().norm())),
             "line": line, "line_from_start": line_start, "n_test": np.int64(yt.shape[0])}
 
 
