@@ -46,10 +46,9 @@ def _cell(params: SkipConnections, cell: dict[str, Any], seed: int) -> dict[str,
     model = build_model(model_spec(depth, shortcut, width), input_shape=data.input_shape,
                         output_dim=data.output_dim, seed=seed)
     switch = max(1, round(2 * params.epochs / 3))
+    decay = {"switch_at": switch, "optimizer2": "sgd", "lr2": params.lr / 10} if switch < params.epochs else {}
     spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, momentum=0.9,
-                     weight_decay=params.weight_decay, seed=seed, save_every=params.epochs,
-                     switch_at=switch if switch < params.epochs else None,
-                     optimizer2="sgd" if switch < params.epochs else None, lr2=params.lr / 10)
+                     weight_decay=params.weight_decay, seed=seed, save_every=params.epochs, **decay)
     directions = DirectionSpec(seed=seed)  # filter-normalised, biases and BN parameters ignored (Li et al.)
     grid = f"-{params.extent}:{params.extent}:{params.grid}"
     cgrid = f"-{params.extent}:{params.extent}:{params.cmap_grid}"
