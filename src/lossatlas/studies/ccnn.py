@@ -72,13 +72,13 @@ def _ccnn_cell(params: CCNNStudy, cell: dict[str, Any], seed: int) -> dict[str, 
     start = ccnn_start(model, NuclearSpec(radius=radius, init="random", init_seed=seed + 1))
     line = _line(fits[0].model, fits[1].model, data)
     line_start = _line(start, fits[1].model, data)
-    return {"radius": np.float64(radius), "val_accuracy": val_acc,
+    return {"radius": np.asarray(radius), "val_accuracy": val_acc,
             "objective": np.array([f.objective for f in fits]), "fw_gap": np.array([f.fw_gap for f in fits]),
             "bias_grad_norm": np.array([f.bias_grad_norm for f in fits]),
             "test_accuracy": np.array([_accuracy(f.model, xt, yt) for f in fits]),
-            "distance": np.float64(float(torch.cat([(fits[0].model.weight - fits[1].model.weight).flatten(),
+            "distance": np.asarray(float(torch.cat([(fits[0].model.weight - fits[1].model.weight).flatten(),
                                                     fits[0].model.bias - fits[1].model.bias]).detach().norm())),
-            "line": line, "line_from_start": line_start, "n_test": np.int64(yt.shape[0])}
+            "line": line, "line_from_start": line_start, "n_test": np.asarray(yt.shape[0])}
 
 
 def _cnn_cell(params: CCNNStudy, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -102,7 +102,7 @@ def _cnn_cell(params: CCNNStudy, cell: dict[str, Any], seed: int) -> dict[str, n
         final_loss.append(float(np.atleast_1d(metrics["train_loss"])[-1]))
     line = _line(nets[0], nets[1], data) if len(nets) > 1 else np.full(21, np.nan)
     return {"test_accuracy": np.array([_accuracy(n, xt, yt) for n in nets]), "objective": np.array(final_loss),
-            "line": line, "n_test": np.int64(yt.shape[0])}
+            "line": line, "n_test": np.asarray(yt.shape[0])}
 
 
 def second_differences(values: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from lossatlas.paths.topology import sublevel_topology
 from lossatlas.studies.framework import Context, Row, wilson_interval
 from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
-from lossatlas.training import TrainSpec, train
+from lossatlas.training import OptimizerName, TrainSpec, train
 
 CLAIMS = (("20", "shortcut_lowers_test_error", None), ("56+", "shortcut_lowers_test_error", "yes"),
           ("20", "noshort_more_nonconvex", "no"), ("56+", "noshort_more_nonconvex", "yes"))
@@ -46,9 +46,11 @@ def _cell(params: SkipConnections, cell: dict[str, Any], seed: int) -> dict[str,
     model = build_model(model_spec(depth, shortcut, width), input_shape=data.input_shape,
                         output_dim=data.output_dim, seed=seed)
     switch = max(1, round(2 * params.epochs / 3))
-    decay = {"switch_at": switch, "optimizer2": "sgd", "lr2": params.lr / 10} if switch < params.epochs else {}
+    decay = switch < params.epochs  # lr / 10 for the last third (a run too short for it keeps lr)
     spec = TrainSpec(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, momentum=0.9,
-                     weight_decay=params.weight_decay, seed=seed, save_every=params.epochs, **decay)
+                     weight_decay=params.weight_decay, seed=seed, save_every=params.epochs,
+                     switch_at=switch if decay else None, optimizer2=OptimizerName.sgd if decay else None,
+                     lr2=params.lr / 10 if decay else None)
     directions = DirectionSpec(seed=seed)  # filter-normalised, biases and BN parameters ignored (Li et al.)
     grid = f"-{params.extent}:{params.extent}:{params.grid}"
     cgrid = f"-{params.extent}:{params.extent}:{params.cmap_grid}"
@@ -67,8 +69,8 @@ def _cell(params: SkipConnections, cell: dict[str, Any], seed: int) -> dict[str,
                 "surface_train_loss": train_loss,
                 "lambda_max": np.asarray(cmap.lambda_max.values), "lambda_min": np.asarray(cmap.lambda_min.values),
                 "convexity_ratio": np.asarray(cmap.convexity_ratio.values),
-                "hessian_converged": np.asarray(cmap.hessian_converged.values), "surface_minima": np.int64(minima),
-                "n_test": np.int64(data.split("test")[1].shape[0])}
+                "hessian_converged": np.asarray(cmap.hessian_converged.values), "surface_minima": np.asarray(minima),
+                "n_test": np.asarray(data.split("test")[1].shape[0])}
 
 
 @study("skip-connections",
