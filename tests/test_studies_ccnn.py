@@ -72,7 +72,8 @@ def test_small_run_reaches_one_optimum(tmp_path) -> None:
     the line between the two solutions is convex."""
     result = run_study("ccnn", overrides={"features": "8", "iterations": "300", "cnn_filters": "4",
                                           "cnn_epochs": "1"}, out_dir=tmp_path)
-    rows = {(r.quantity, r.key.get("model"), r.key.get("from")): r for r in result.rows if r.key.get("data") == "digits"}
+    rows = {(r.quantity, r.key.get("model"), r.key.get("from")): r
+            for r in result.rows if r.key.get("data") == "digits"}
     assert rows[("objective_spread", "CCNN-1", None)].verdict == "agrees"
     assert rows[("line_convex", "CCNN-1", None)].verdict == "agrees"
     assert rows[("line_convex", "CCNN-1", "random start")].verdict == "agrees"
@@ -83,7 +84,8 @@ def test_small_run_reaches_one_optimum(tmp_path) -> None:
 @pytest.mark.slow
 def test_quick_preset(tmp_path) -> None:
     result = run_study("ccnn", "quick", out_dir=tmp_path)
-    rows = {(r.quantity, r.key.get("model"), r.key.get("from")): r for r in result.rows if r.key.get("data") == "digits"}
+    rows = {(r.quantity, r.key.get("model"), r.key.get("from")): r
+            for r in result.rows if r.key.get("data") == "digits"}
     for key in (("objective_spread", "CCNN-1", None), ("line_convex", "CCNN-1", None),
                 ("line_convex", "CCNN-1", "random start"), ("line_barrier", "CCNN-1", None)):
         assert rows[key].verdict == "agrees", key

@@ -250,7 +250,8 @@ class CCNNStudy(Study):
             cell = ds.sel(data=d)
             ax.plot(ds.t, cell.cnn_line, "o-", label="CNN-1: solution of seed 0 → of seed 1")
             ax.plot(ds.t, cell.ccnn_line, "s-", label="CCNN-1: solution from A = 0 → from a random A")
-            ax.plot(ds.t, cell.ccnn_line_from_start, "^--", label="CCNN-1: random A → its solution (t > 1 leaves ‖A‖_* ≤ R)")
+            ax.plot(ds.t, cell.ccnn_line_from_start, "^--",
+                    label="CCNN-1: random A → its solution (t > 1 leaves ‖A‖_* ≤ R)")
             ax.axvline(0, color="grey", lw=0.5)
             ax.axvline(1, color="grey", lw=0.5)
             ax.set(yscale="log", xlabel="t", ylabel="train loss",
