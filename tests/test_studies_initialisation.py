@@ -25,26 +25,34 @@ def test_registered_with_presets() -> None:
 
 
 def test_norm_cell_measures_the_exact_mean() -> None:
-    """One cell: the mean of r_L over runs lies within 4 exact standard errors of (E ρ)^L (an independent check of
-    the cell's plumbing: scheme, depth and width reach the propagation)."""
-    params = Initialisation(width=16, runs=2000)
-    for scheme, depth in (("residual", 6), ("residual_beta", 6), ("gaussian", 6)):
-        r = _norm_cell(params, {"scheme": scheme, "depth": depth}, seed=11)["ratio"]
-        mean, sd = expected_norm_ratio(scheme, 16, depth, 1.0)
-        assert abs(float(r.mean()) - mean) < 4 * sd / math.sqrt(r.size)
+    """The cells: the mean of r_L over runs lies within 4 exact standard errors of (E ρ)^L at every depth (scheme,
+    depth and width reach the propagation; one net of the largest depth serves all depths of an L-free scheme)."""
+    params = Initialisation(width=16, runs=2000, depths=(2, 6))
+    for scheme in ("residual", "gaussian"):
+        r = _norm_cell(params, {"scheme": scheme}, seed=11)["ratio"]
+        assert r.shape == (2000, 2)
+        for j, depth in enumerate((2, 6)):
+            mean, sd = expected_norm_ratio(scheme, 16, depth, 1.0)
+            assert abs(float(r[:, j].mean()) - mean) < 4 * sd / math.sqrt(2000)
+    r = _norm_cell(params, {"scheme": "residual_beta", "depth": 6}, seed=12)["ratio"]
+    mean, sd = expected_norm_ratio("residual_beta", 16, 6, 1.0)
+    assert r.shape == (2000, 1) and abs(float(r.mean()) - mean) < 4 * sd / math.sqrt(2000)
+    assert _norm_cell(params, {"scheme": "orthogonal"}, seed=13)["ratio"].shape == (params.orthogonal_runs, 2)
 
 
 def test_check_judges_rows() -> None:
     """check() on a hand-made dataset: exact means agree, a wrong mean differs, orthogonal deviation needs 1e-6."""
     params = Initialisation(width=8, depths=(3,), runs=400, schemes=("residual", "orthogonal"), train_seeds=0)
     exact = expected_norm_ratio("residual", 8, 3)[0]
-    ratio = np.ones((2, 400))
-    ratio[0], ratio[1, -1] = exact, 1.0 + 3e-6
-    ds = xr.Dataset({"ratio": (("cell", "run"), ratio)},
-                    coords={"scheme": ("cell", ["residual", "orthogonal"]), "depth": ("cell", [3, 3])})
+    ratio = np.full((2, 1, 400), np.nan)
+    ratio[0, 0], ratio[1, 0, :50] = exact, 1.0
+    ratio[1, 0, 49] = 1.0 + 3e-6
+    ds = xr.Dataset({"ratio": (("scheme", "depth", "run"), ratio)},
+                    coords={"scheme": ["residual", "orthogonal"], "depth": [3]})
     rows = {(r.quantity, r.key.get("scheme")): r for r in params.check(ds)}
     assert rows[("mean_sq_norm_ratio", "residual")].verdict == "agrees"
     assert rows[("mean_sq_norm_ratio", "residual")].published == pytest.approx(8.0)  # (1 + σ²)^3
+    assert rows[("mean_sq_norm_ratio", "orthogonal")].measured == pytest.approx(1.0, abs=1e-7)  # NaN padding ignored
     # a deviation of ~1.5e-6 in the norm is outside the 1e-6 tolerance
     assert rows[("orthogonal_max_norm_deviation", None)].verdict == "differs"
     ds["ratio"][0] = exact * 1.5  # 4 / √400 · SD(r_3) ≈ 1.3 < 4 = 0.5 · exact

@@ -36,11 +36,22 @@ def resolve_device(device: str) -> str:
 
 
 def _norm_cell(params: Initialisation, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """``runs`` independent linear nets of one depth under one scheme: r_L = ‖z^L‖²/‖x‖² per run (float64)."""
-    depth = int(cell["depth"])
+    """Independent linear nets under one scheme: r_L = ‖z^L‖²/‖x‖² per run at every depth L of ``params.depths``
+    (runs, depths), float64.
+
+    Gaussian, orthogonal and unscaled residual layers do not depend on the net's depth, so one net of the largest
+    depth gives r_L for every L along the way; β-scaled layers do (variance σ²/(nL)), so that scheme's cell is
+    one depth (``cell["depth"]``) and returns (runs, 1).
+    """
+    scheme = str(cell["scheme"])
+    runs = params.orthogonal_runs if scheme == "orthogonal" else params.runs
     generator = torch.Generator().manual_seed(seed)
-    r = norm_ratios(str(cell["scheme"]), params.runs, params.width, depth, generator, sigma2=params.sigma2)
-    return {"ratio": r[:, -1].numpy()}
+    if scheme == "residual_beta":
+        depth = int(cell["depth"])
+        return {"ratio": norm_ratios(scheme, runs, params.width, depth, generator, sigma2=params.sigma2)[:, -1:]
+                .numpy()}
+    r = norm_ratios(scheme, runs, params.width, max(params.depths), generator, sigma2=params.sigma2)
+    return {"ratio": r[:, [d - 1 for d in params.depths]].numpy()}
 
 
 def _train_cell(params: Initialisation, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -78,8 +89,9 @@ def _train_cell(params: Initialisation, cell: dict[str, Any], seed: int) -> dict
 class Initialisation(Study):
     """‖z^L‖/‖x‖ through depth for Gaussian, orthogonal and (β-scaled) residual layers, exact beside measured.
 
-    Method. For each scheme and depth L, ``runs`` independent linear nets z^ℓ = W^ℓ z^{ℓ−1} of width n with fresh
-    n × n matrices per layer (:mod:`lossatlas.models.initialisation`): ``gaussian`` W_ij ~ N(0, 1/n)
+    Method. For each scheme and depth L, ``runs`` independent linear nets z^ℓ = W^ℓ z^{ℓ−1} of width n (orthogonal:
+    ``orthogonal_runs``, each exact) with fresh n × n matrices per layer (:mod:`lossatlas.models.initialisation`;
+    one net of the largest depth serves every L where the layers do not depend on L): ``gaussian`` W_ij ~ N(0, 1/n)
     (E[WWᵀ] = I), ``orthogonal`` Haar W, ``residual`` W = I + H with H_ij ~ N(0, σ²/n), ``residual_beta`` the same
     with variance σ²/(nL). From a random unit x, the squared-norm ratio r_L = ‖z^L‖²/‖x‖² is a product of
     independent per-layer ratios, so its mean and variance are exact: E r_L = 1, 1, (1 + σ²)^L, (1 + σ²/L)^L.
@@ -94,6 +106,7 @@ class Initialisation(Study):
     width: int = 64
     depths: tuple[int, ...] = (1, 10, 50)
     runs: int = 400
+    orthogonal_runs: int = 50
     sigma2: float = 1.0
     schemes: tuple[str, ...] = SCHEMES
     data: str = "digits"
@@ -139,18 +152,26 @@ class Initialisation(Study):
 
     @classmethod
     def full(cls) -> Initialisation:
-        return cls(width=128, depths=(1, 2, 5, 10, 20, 50, 100), runs=1000, train_depth=50, train_seeds=3,
-                   train_epochs=5)
+        return cls(width=64, depths=(1, 2, 5, 10, 20, 50, 100), runs=1000, orthogonal_runs=100, train_depth=50,
+                   train_seeds=3, train_epochs=5)
+
+    def norm_cells(self) -> list[dict[str, Any]]:
+        """One cell per scheme, except ``residual_beta``: one per depth (its layers depend on L)."""
+        return [{"part": "norms", "scheme": s, "depth": d} for s in self.schemes if s == "residual_beta"
+                for d in self.depths] + [{"part": "norms", "scheme": s} for s in self.schemes if s != "residual_beta"]
 
     def run(self, ctx: Context) -> xr.Dataset:
-        norm_cells = [{"part": "norms", "scheme": s, "depth": d} for s in self.schemes for d in self.depths]
-        norms = ctx.map(functools.partial(_norm_cell, self), norm_cells)
+        cells = self.norm_cells()
+        norms = ctx.map(functools.partial(_norm_cell, self), cells)
+        ratio = np.full((len(self.schemes), len(self.depths), self.runs), np.nan)  # orthogonal: fewer runs
+        for cell, out in zip(cells, norms, strict=True):
+            i = self.schemes.index(cell["scheme"])
+            columns = [self.depths.index(cell["depth"])] if "depth" in cell else list(range(len(self.depths)))
+            ratio[i, columns, : out["ratio"].shape[0]] = out["ratio"].T
+        ds = xr.Dataset({"ratio": (("scheme", "depth", "run"), ratio)},
+                        coords={"scheme": list(self.schemes), "depth": list(self.depths), "run": np.arange(self.runs)})
         train_cells = [{"part": "train", "scheme": s} for s in self.schemes] if self.train_seeds else []
         trained = ctx.map(functools.partial(_train_cell, self), train_cells) if train_cells else []
-        ds = xr.Dataset(
-            {"ratio": (("cell", "run"), np.stack([n["ratio"] for n in norms]))},
-            coords={"scheme": ("cell", [c["scheme"] for c in norm_cells]),
-                    "depth": ("cell", [c["depth"] for c in norm_cells]), "run": np.arange(self.runs)})
         if trained:
             ds["train_loss"] = (("train_scheme", "seed", "epoch"), np.stack([t["train_loss"] for t in trained]))
             ds["init_norm_ratio"] = (("train_scheme", "seed"), np.stack([t["init_norm_ratio"] for t in trained]))
@@ -160,16 +181,17 @@ class Initialisation(Study):
     def check(self, ds: xr.Dataset) -> list[Row]:
         rows: list[Row] = []
         deviation = 0.0
-        for i in range(ds.sizes["cell"]):
-            scheme, depth = str(ds.scheme.values[i]), int(ds.depth.values[i])
-            r = ds.ratio.values[i]
-            exact, sd = expected_norm_ratio(scheme, self.width, depth, self.sigma2)
-            half = Z95 * sd / math.sqrt(r.size)
-            mean = float(r.mean())
-            rows.append(Row.compare("mean_sq_norm_ratio", {"scheme": scheme, "depth": depth}, exact, mean,
-                                    ci=(mean - half, mean + half)))
-            if scheme == "orthogonal":
-                deviation = max(deviation, float(np.abs(np.sqrt(r) - 1).max()))
+        for scheme in ds.scheme.values:
+            for depth in ds.depth.values:
+                r = ds.ratio.sel(scheme=scheme, depth=depth).values
+                r = r[np.isfinite(r)]
+                exact, sd = expected_norm_ratio(str(scheme), self.width, int(depth), self.sigma2)
+                half = Z95 * sd / math.sqrt(r.size)
+                mean = float(r.mean())
+                rows.append(Row.compare("mean_sq_norm_ratio", {"scheme": str(scheme), "depth": int(depth)}, exact,
+                                        mean, ci=(mean - half, mean + half)))
+                if scheme == "orthogonal":
+                    deviation = max(deviation, float(np.abs(np.sqrt(r) - 1).max()))
         if "orthogonal" in self.schemes:
             rows.append(Row.compare("orthogonal_max_norm_deviation", {"depths": ",".join(map(str, self.depths))},
                                     0.0, deviation, tolerance=1e-6))
@@ -207,9 +229,8 @@ class Initialisation(Study):
                                  squeeze=False)
         ax = axes[0, 0]
         for k, scheme in enumerate(self.schemes):
-            pick = [i for i in range(ds.sizes["cell"]) if str(ds.scheme.values[i]) == scheme]
-            depths = np.array([int(ds.depth.values[i]) for i in pick])
-            means = np.array([float(ds.ratio.values[i].mean()) for i in pick])
+            depths = np.asarray(ds.depth.values)
+            means = np.nanmean(ds.ratio.sel(scheme=scheme).values, axis=1)
             exact = [expected_norm_ratio(scheme, self.width, int(d), self.sigma2)[0] for d in depths]
             ax.plot(depths, exact, "--", color=f"C{k}", alpha=0.7)
             ax.plot(depths, means, "o", color=f"C{k}", label=f"{scheme} (measured; dashed: exact)")
