@@ -215,8 +215,8 @@ class Overparameterisation(Study):
             published = 100.0 if d1 >= self.samples else None
             failed = loss > self.success_loss
             descending = int((ds.grad_norm.sel(d1=d1).values[failed] > 1e-5).sum())
-            note = (f"{int(failed.sum())} runs missed the loss, {descending} of them still descending "
-                    "(‖∇L‖ > 1e-5): the step budget, not a minimum") if failed.any() else ""
+            note = (f"{int(failed.sum())} runs missed the loss, {descending} of them not yet at a critical point "
+                    "when the step budget ended (‖∇L‖ > 1e-5)") if failed.any() else ""
             if published is None:
                 note = "d₁ < m: the theorem says nothing" + (f"; {note}" if note else "")
             rows.append(Row.compare("success_pct", {"d1": int(d1), "m": self.samples}, published,
