@@ -258,6 +258,8 @@ class Overparameterisation(Study):
         ax.axvline(self.samples, color="grey", ls="--", label=f"d₁ = m = {self.samples}")
         ax.set(xscale="log", xlabel="hidden units d₁", ylabel=f"% runs with loss ≤ {self.success_loss:g}",
                title="Yu & Chen: one-hidden-layer sigmoid nets", ylim=(-5, 105))
+        ax.set_xticks(list(ds.d1.values), [str(int(d)) for d in ds.d1.values])
+        ax.minorticks_off()
         ax.legend(fontsize=8)
         if level:
             ax = axes[0, 1]
@@ -270,6 +272,8 @@ class Overparameterisation(Study):
                         label=f"{net} (connected {', '.join(f'{r:.0f}' for r in rate)}%)")
             ax.set(xscale="log", xlabel="f (λ = max end loss + f·Var y)", ylabel="normalised geodesic length",
                    title="Level sets by string sampling")
+            ax.set_xticks(list(ds.fraction.values), [f"{f:g}" for f in ds.fraction.values])
+            ax.minorticks_off()
             ax.invert_xaxis()
             ax.legend(fontsize=7)
         fig.tight_layout()
