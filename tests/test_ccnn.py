@@ -196,7 +196,8 @@ def test_two_initialisations_reach_the_same_optimum(two_solutions: tuple) -> Non
     assert zero.bias_grad_norm < 1e-4 and rand.bias_grad_norm < 1e-4
     assert 0 <= zero.fw_gap < 1e-5 and 0 <= rand.fw_gap < 1e-5
     design = design_matrix(model.feature_matrix(x).double())
-    thetas = [_to_theta(f.model.weight.double(), f.model.bias.double(), model.positions) for f in (zero, rand)]
+    thetas = [_to_theta(f.model.weight.detach().double(), f.model.bias.detach().double(), model.positions)
+              for f in (zero, rand)]
     (f1, g1), (f2, g2) = (_value_grad(design, design.T.contiguous(), y, t) for t in thetas)
     bound12, bound21 = float((g1 * (thetas[0] - thetas[1])).sum()), float((g2 * (thetas[1] - thetas[0])).sum())
     assert f1 - f2 <= bound12 + 1e-12 and f2 - f1 <= bound21 + 1e-12
