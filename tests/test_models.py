@@ -19,7 +19,7 @@ FLAT = (40,)
 DIGITS = (1, 8, 8)
 CIFAR = (3, 32, 32)
 IMAGE_MODELS = ["bncnn", "resnet20", "resnet56", "resnet110", "wrn", "vgg9", "densenet"]
-FLAT_MODELS = ["mlp", "logistic", "cnn1d", "gru", "lstm", "vgg9_1d", "linear", "two_layer"]
+FLAT_MODELS = ["mlp", "logistic", "cnn1d", "gru", "lstm", "vgg9_1d", "linear", "two_layer", "cnn1"]
 FORWARD_CASES = [(name, shape) for name in IMAGE_MODELS for shape in (DIGITS, CIFAR)] + [
     (name, shape) for name in FLAT_MODELS for shape in (FLAT, DIGITS)
 ]

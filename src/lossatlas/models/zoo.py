@@ -15,6 +15,7 @@ parameters after those two *are* its zoo keys, and their type hints say how a ke
 * ``bncnn``: a 4-conv BatchNorm CNN (Ioffe & Szegedy 2015) for quick image experiments.
 * ``linear``: a deep linear network x -> W_L ... W_1 x (Saxe et al. 2014; Kawaguchi 2016).
 * ``two_layer``: x -> a^T sigma(W x), the one-hidden-layer nets of Safran & Shamir 2018.
+* ``cnn1``: one convolution + linear layer, the CNN-1 that Zhang et al. 2017 convexify (``ccnn.py``).
 
 The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``; ``vgg9_1d``: VGG-9 for 1-D signals) and
 the recurrent ones (``gru``, ``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) live in their own files.
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from lossatlas.errors import UserInputError
+from lossatlas.models.ccnn import cnn1
 from lossatlas.models.densenet import densenet
 from lossatlas.models.recurrent import gru, lstm
 from lossatlas.models.resnet import image_channels, require_positive, resnet20, resnet56, resnet110, wrn
@@ -311,6 +313,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "gru": gru,
     "lstm": lstm,
     "vgg9_1d": vgg9_1d,
+    "cnn1": cnn1,
 }
 
 
