@@ -8,19 +8,29 @@ that prints published beside measured with an interval, a tolerance and a verdic
     result = run_study("safran-shamir", "quick", {"runs": "200"}, seed=0, out_dir="runs/studies")
     for row in result.rows: print(row.quantity, row.key, row.published, row.measured, row.verdict)
 
-Built-in studies (names are the interface): ``critical-points``, ``deep-linear``, ``single-neuron``,
-``safran-shamir``, ``xor-jellyfish``, ``index-vs-error``.
+Built-in studies (names are the interface). Theory (Studies I): ``critical-points``, ``deep-linear``,
+``single-neuron``, ``safran-shamir``, ``xor-jellyfish``, ``index-vs-error``. Empirical (Studies II):
+``goodfellow``, ``mnist1d-baselines``, ``batch-size-weight-decay``, ``optimizer-switch``, ``skip-connections``,
+``initialisation``, ``ccnn``, ``overparameterisation``.
 """
 
 from __future__ import annotations
 
 # importing a study module registers it (the order of `lossatlas study list` is registry.BUILTIN_ORDER)
 from lossatlas.studies import (  # noqa: E402,F401,I001
+    batch_size_weight_decay,
+    ccnn,
     critical_points,
     deep_linear,
+    goodfellow,
     index_vs_error,
+    initialisation,
+    mnist1d_baselines,
+    optimizer_switch,
+    overparameterisation,
     safran_shamir,
     single_neuron,
+    skip_connections,
     swirszcz,
 )
 from lossatlas.studies.framework import (

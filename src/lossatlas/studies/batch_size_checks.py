@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Row, mean_interval
 
 from lossatlas.curvature.sharpness import curve_width
+from lossatlas.studies.framework import Row, mean_interval
 
 if TYPE_CHECKING:
     from lossatlas.studies.batch_size_weight_decay import BatchSizeWeightDecay

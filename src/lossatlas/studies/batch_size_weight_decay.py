@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed
-from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.curvature.hvp import HessianOperator
 from lossatlas.curvature.sharpness import engine_value_and_gradient, epsilon_sharpness
@@ -20,6 +18,8 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import path_eval_spec
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed
+from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run, weights
 from lossatlas.training import OptimizerName, TrainSpec
 

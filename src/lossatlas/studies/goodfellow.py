@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval, wilson_interval
-from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.directions import PlaneSpec, plane_directions
 from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import inner, parameters_of, read_state_dict
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval, wilson_interval
 from lossatlas.studies.mnist1d_baselines import MODELS as BASELINE_MODELS
+from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import (
     TrainedRun,
     climbs,

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Context, Row, cell_id, mean_interval, rate_tolerance
-from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.errors import UserInputError
+from lossatlas.studies.framework import Context, Row, cell_id, mean_interval, rate_tolerance
+from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import derived_seeds, study_data, train_run
 from lossatlas.training import OptimizerName, TrainSpec
 

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval
-from lossatlas.studies.registry import Published, Study, study
 
 from lossatlas.curvature.sharpness import curve_width
 from lossatlas.directions import DirectionSpec, Ignore, Norm, PlaneSpec
@@ -20,6 +18,8 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval
+from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run
 from lossatlas.training import OptimizerName, TrainSpec
 
