@@ -14,6 +14,10 @@ from lossatlas.studies.framework import Row, mean_interval
 if TYPE_CHECKING:
     from lossatlas.studies.batch_size_weight_decay import BatchSizeWeightDecay
 
+MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
+"""Sharpness measures: filter-normalised curve width, Euclidean curve width, top Hessian eigenvalue, Keskar's ε."""
+SHARPER_WHEN_LARGER = {"fn_width": False, "unit_width": False, "lambda_max": True, "eps_sharpness": True}
+
 #: (claim, weight decay) → the published direction (Li et al. 2018 Figs. 2-3; Keskar et al. 2017 for ε).
 PUBLISHED: dict[tuple[str, float | None], str] = {
     ("small_batch_lower_test_error", 0.0): "yes", ("small_batch_lower_test_error", 5e-4): "yes",
@@ -49,8 +53,6 @@ def _paired(diff: np.ndarray) -> str:
 
 
 def claim_rows(params: BatchSizeWeightDecay, ds: xr.Dataset) -> list[Row]:
-    from lossatlas.studies.batch_size_weight_decay import MEASURES, SHARPER_WHEN_LARGER
-
     rows: list[Row] = []
     ms = measures(params, ds)
     for wd in ds.weight_decay.values:
@@ -118,8 +120,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _ordering_rows(ms: xr.Dataset, ds: xr.Dataset) -> list[Row]:
     """Spearman ρ of each sharpness measure with test error over every run; bootstrap 95% interval (1000
     resamples of the runs, seed 0)."""
-    from lossatlas.studies.batch_size_weight_decay import MEASURES, SHARPER_WHEN_LARGER
-
     rows = []
     err = ds.test_error.values.reshape(-1)
     draws = np.random.default_rng(0).integers(0, err.size, size=(1000, err.size))

@@ -18,14 +18,11 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import path_eval_spec
+from lossatlas.studies.batch_size_checks import MEASURES, SHARPER_WHEN_LARGER, batch_size_figures, claim_rows
 from lossatlas.studies.framework import Context, Row, cell_id, cell_seed
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run, weights
 from lossatlas.training import OptimizerName, TrainSpec
-
-MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
-"""Sharpness measures: filter-normalised curve width, Euclidean curve width, top Hessian eigenvalue, Keskar's ε."""
-SHARPER_WHEN_LARGER = {"fn_width": False, "unit_width": False, "lambda_max": True, "eps_sharpness": True}
 
 
 def _run(params: BatchSizeWeightDecay, study_dir: str, study_seed: int, wd: float, batch: int, seed_index: int,
@@ -211,12 +208,10 @@ class BatchSizeWeightDecay(Study):
                                         "x": lines[0]["x"]})
 
     def check(self, ds: xr.Dataset) -> list[Row]:
-        from lossatlas.studies.batch_size_checks import claim_rows
 
         return claim_rows(self, ds)
 
     def figures(self, ds: xr.Dataset, folder: Path) -> list[Path]:
-        from lossatlas.studies.batch_size_checks import batch_size_figures
 
         return batch_size_figures(self, ds, folder)
 
