@@ -153,6 +153,16 @@ class _Operator:
 
     __matmul__ = matvec
 
+    def matmat(self, vectors: Tensor) -> Tensor:
+        """H applied to every row of ``vectors`` ``(c, n)``: ``(c, n)`` float64, c products (batched as in
+        :meth:`dense`)."""
+        out = self._dense_columns(vectors.to(device=self.device, dtype=self.dtype))
+        self.hvp_count += int(vectors.shape[0])
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError("the Hessian-vector product is not finite at this point (NaN or inf loss); "
+                                 "analyse a point where the loss is finite")
+        return out
+
     def value_and_gradient(self) -> tuple[float, ParamDict]:  # pragma: no cover - abstract
         raise NotImplementedError
 
