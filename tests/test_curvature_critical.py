@@ -68,7 +68,8 @@ def test_slq_negative_mass_is_the_exact_index_on_diagonal_problems() -> None:
     for eigenvalues, index in (([1.0, 2, 3, 4, 5, 6, 7, 8], 0.0), ([-3.0, -1, -0.5, 2, 4, 5, 6, 7], 0.375),
                                ([-1.0, -2, -3, -4, 1, 2, 3, 4], 0.5), ([-1.0, -2, -3, -4, -5, -6, -7, -8], 1.0)):
         lam = torch.tensor(eigenvalues, dtype=torch.float64)
-        op = FunctionHessian(lambda t, lam=lam: 0.5 * (lam * w(t) ** 2).sum(), {"w": torch.zeros(8, dtype=torch.float64)})
+        op = FunctionHessian(lambda t, lam=lam: 0.5 * (lam * w(t) ** 2).sum(),
+                             {"w": torch.zeros(8, dtype=torch.float64)})
         dens = spectral_density(op, probes=3, steps=8, seed=5)
         assert dens.negative_mass() == pytest.approx(index, abs=1e-12), eigenvalues
         torch.testing.assert_close(dens.weights.sum(dim=1), torch.ones(3, dtype=torch.float64))
@@ -79,7 +80,8 @@ def test_slq_index_is_unresolved_when_the_density_is_wider_than_the_negative_eig
     reported but not called the index; with λmin = −50 it is the index (exactly 1/10 here)."""
     for lam_min, method, index in ((-0.01, "unresolved", None), (-50.0, "density", 0.1)):
         lam = torch.cat([torch.tensor([lam_min]), torch.linspace(1, 100, 9)]).double()
-        op = FunctionHessian(lambda t, lam=lam: 0.5 * (lam * w(t) ** 2).sum(), {"w": torch.zeros(10, dtype=torch.float64)})
+        op = FunctionHessian(lambda t, lam=lam: 0.5 * (lam * w(t) ** 2).sum(),
+                             {"w": torch.zeros(10, dtype=torch.float64)})
         cp = critical_point(op, dense_limit=0, tol=1e-10)
         assert cp.pattern is SignPattern.indefinite and cp.kind is CriticalKind.saddle
         assert cp.index_method == method and cp.index == (None if index is None else pytest.approx(index, abs=1e-12))
@@ -119,8 +121,8 @@ def test_gradient_tolerance_is_relative_so_units_do_not_change_the_verdict(c, a)
         assert cp.kind is kind and cp.pattern is SignPattern.positive_definite
         assert cp.grad_relative == pytest.approx(delta / (3 * (1 + delta)), rel=1e-6)
         assert cp.counts == (0, 0, 2)
-    loose = critical_point(FunctionHessian(quadratic(c, a), {"w": torch.tensor([a * 1.0001, 0.0], dtype=torch.float64)}),
-                           tolerances=Tolerances(grad_tol=1e-4))
+    near = {"w": torch.tensor([a * 1.0001, 0.0], dtype=torch.float64)}
+    loose = critical_point(FunctionHessian(quadratic(c, a), near), tolerances=Tolerances(grad_tol=1e-4))
     assert loose.kind is CriticalKind.minimum and loose.critical is True
 
 

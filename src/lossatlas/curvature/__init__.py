@@ -36,6 +36,7 @@ def gradient(op: HessianOperator | FunctionHessian) -> dict:
 
 
 __all__ = ["CriticalKind", "CriticalPoint", "FunctionHessian", "HessianOperator", "HessianSpec", "LanczosResult",
-           "SignPattern", "SpectralDensity", "Tolerances", "TraceEstimate", "TraceMethod", "Which", "classify", "critical_point",
-           "estimate_trace", "gradient", "gradient_sum", "hessian_analysis", "hutchinson_trace", "hutchpp_trace",
-           "hvp_sum", "lanczos", "open_hessian", "save_hessian", "select_parameters", "spectral_density"]
+           "SignPattern", "SpectralDensity", "Tolerances", "TraceEstimate", "TraceMethod", "Which", "classify",
+           "critical_point", "estimate_trace", "gradient", "gradient_sum", "hessian_analysis", "hutchinson_trace",
+           "hutchpp_trace", "hvp_sum", "lanczos", "open_hessian", "save_hessian", "select_parameters",
+           "spectral_density"]

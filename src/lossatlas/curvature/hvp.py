@@ -197,7 +197,7 @@ class _Operator:
         return 32
 
     def dense(self, chunk: int | None = None, progress: Callable[[int, int], None] | None = None, *,
-              columns: Tensor | None = None, on_block: Callable[[Tensor], None] | None = None) -> Tensor:
+              columns: Tensor | None = None, on_block: Callable[[list[Tensor]], None] | None = None) -> Tensor:
         """The full ``(n, n)`` float64 Hessian [H e₁, ..., H eₙ] from n products with basis vectors.
 
         Args:
@@ -205,7 +205,8 @@ class _Operator:
             progress: ``progress(columns done, n)`` after every block.
             columns: the first ``c`` rows of H from an interrupted build (``(c, n)``, c a multiple of the
                 block), so only the rest is computed; the result is the same as in one go.
-            on_block: called with all rows computed so far after every block (to checkpoint them).
+            on_block: called after every block with the list of row blocks so far (``torch.cat`` of it is the
+                first rows of H; for checkpoints).
 
         Returns the symmetrised matrix ``(H + Hᵀ) / 2``; ``hvp_count`` grows by n.
         """
@@ -223,7 +224,7 @@ class _Operator:
             basis[torch.arange(hi - lo), torch.arange(lo, hi)] = 1.0
             rows.append(self._dense_columns(basis).to(torch.float64).cpu())
             if on_block:
-                on_block(torch.cat(rows))
+                on_block(rows)
             if progress:
                 progress(hi, n)
         self.hvp_count += n - start
