@@ -70,8 +70,8 @@ EIG_RTOL = {"float64": 1e-6, "float32": 1e-4}
 
 BN_STATISTICS = {
     BNPolicy.eval: "stored running statistics, held fixed",
-    BNPolicy.states: "theta's own running statistics (the stored ones), held fixed",
-    BNPolicy.recompute: "re-estimated on the whole training split at theta, then held fixed",
+    BNPolicy.states: "θ's own running statistics (the stored ones), held fixed",
+    BNPolicy.recompute: "re-estimated on the whole training split at θ, then held fixed",
 }
 """What the BatchNorm statistics are while the Hessian (over parameters only) is taken, by ``--bn`` policy."""
 

@@ -156,6 +156,8 @@ def spectral_density(op: SymmetricOperator, *, probes: int = 5, steps: int = 80,
         weights[p, :th.numel()] = tau
         if th.numel() < m:
             nodes[p, th.numel():] = th[-1]  # weight 0: does not change any moment
+    if progress:  # probes whose Krylov space closed early used fewer products than planned: the phase is done
+        progress(done, done)
     lo, hi = float(nodes.min()), float(nodes.max())
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
     if sigma is None:

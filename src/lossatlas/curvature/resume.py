@@ -39,9 +39,9 @@ class ResumeDir:
     """
 
     def __init__(self, path: str | Path | None, config_hash: str, *, overwrite: bool = False,
-                 every: float = 30.0) -> None:
+                 every: float | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self.every = every
+        self.every = every if every is not None else float(os.environ.get("LOSSATLAS_CHECKPOINT_EVERY", "30"))
         self.resumed: list[str] = []
         if self.path is None:
             return
@@ -105,4 +105,10 @@ class ResumeDir:
             shutil.rmtree(self.path)
 
 
-__all__ = ["ResumeDir"]
+def discard(path: str | Path) -> None:
+    """Remove a job's progress folder (after its result is written)."""
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+__all__ = ["ResumeDir", "discard"]
