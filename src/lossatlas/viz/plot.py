@@ -407,14 +407,26 @@ def plot_spectrum(ds: xr.Dataset, path: Path) -> Path:
     if "trace" in a:
         notes.append(f"tr(H) = {float(a['trace']):.4g} ± {float(a['trace_stderr']):.2g}")
     if "negative_mass" in a:
-        notes.append(f"negative mass {float(a['negative_mass']):.3g}")
+        notes.append(f"SLQ negative mass {float(a['negative_mass']):.3g}")
     if "critical_kind" in a:
-        notes.append(f"{a['critical_kind']} (index {float(a['index']):.3g})")
+        notes.append(critical_note(a))
     fig.suptitle(f"{a.get('model', '')} — " + "; ".join(notes), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def critical_note(a: Any) -> str:
+    """``saddle, indefinite: 6 of 33 negative (index 0.182)`` from a Hessian result's attrs (no index claimed
+    where it is unknown)."""
+    head = f"{a['critical_kind']}, {str(a.get('hessian_sign', '?')).replace('_', ' ')}"
+    if "negative_count" in a:
+        n = int(a["negative_count"]) + int(a["zero_count"]) + int(a["positive_count"])
+        return f"{head}: {a['negative_count']} of {n} negative (index {float(a['index']):.3g})"
+    if "index" in a:
+        return f"{head} (index ≈ {float(a['index']):.3g}, {a.get('index_method', '?')})"
+    return f"{head} (index unknown)"
 
 
 def plot_convexity(ds: xr.Dataset, path: Path) -> Path:
