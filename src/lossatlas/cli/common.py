@@ -284,6 +284,10 @@ def summary(ds: Any, out: Path | None) -> None:
     for note in notes(ds.attrs):
         if not note.startswith("untrained"):  # the warning was printed when the model was loaded
             out_line(f"note: {note}")
+    if "hessian_converged" in ds:
+        failed = int(ds.attrs.get("hessian_unconverged", 0))
+        out_line(f"convexity map: {failed} of {int(ds['hessian_converged'].size)} points unconverged "
+                 "(λmin/λmax not certified within the product budget; marked in plots and the report)")
 
 
 def _loss_summary(ds: Any, metric: str) -> list[str]:

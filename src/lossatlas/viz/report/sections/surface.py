@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from lossatlas.curvature.maps import CONVEXITY_METRICS
 from lossatlas.engine.subset import Z95
 from lossatlas.viz.describe import sig, subset_note, titled, with_error
 from lossatlas.viz.report.figures import (
@@ -89,6 +90,8 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
         html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
         fig = curves_1d(ds, title=f"1D loss curve — {what}", xlabel="x (step along the direction)")
         return Section(title=f"1D loss curve: {store.name}", html=html, figures=(fig,))
+    names = [n for n in grid_variables(ds, ("x", "y")) if n not in CONVEXITY_METRICS]  # see sections/convexity.py
+    html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
     names = grid_variables(ds, ("x", "y"))
     html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
     figures = [surface_3d(ds, title=f"{what} — drag to rotate, scroll to zoom")]
