@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
+from lossatlas.curvature.maps import CONVEXITY_METRICS
 from lossatlas.viz.report.figures import TEMPLATE, finite, metric_table
 from lossatlas.viz.report.registry import Section, register
 
@@ -122,12 +123,11 @@ def _curves_1d(ds: xr.Dataset, bad: np.ndarray) -> list[go.Figure]:
 @register("surface", order=150)
 def convexity_section(store: Path, ds: xr.Dataset) -> Section | None:
     """Heatmaps of λmax, λmin, |λmin/λmax| with unconverged points marked, the flag and the product counts."""
-    if "lambda_max" not in ds or "lambda_min" not in ds:
+    if not set(CONVEXITY_METRICS) <= set(ds.data_vars):
         return None
     two_d = "y" in ds.dims
     order = ("y", "x") if two_d else ("x",)
-    bad = (ds["hessian_converged"].transpose(*order).values == 0) if "hessian_converged" in ds else \
-        np.zeros(ds["lambda_max"].transpose(*order).shape, bool)
+    bad = ds["hessian_converged"].transpose(*order).values == 0
     rows = [("unconverged points", f"{int(bad.sum())} of {bad.size} (λmin/λmax not certified within the product "
                                    "budget; left out of the eigenvalue maps and marked ×)"),
             ("Lanczos at each point", str(ds.attrs.get("hessian", "?")))]

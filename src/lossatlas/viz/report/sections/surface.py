@@ -90,7 +90,9 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
         html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
         fig = curves_1d(ds, title=f"1D loss curve — {what}", xlabel="x (step along the direction)")
         return Section(title=f"1D loss curve: {store.name}", html=html, figures=(fig,))
-    names = [n for n in grid_variables(ds, ("x", "y")) if n not in CONVEXITY_METRICS]  # see sections/convexity.py
+    names = grid_variables(ds, ("x", "y"))
+    if set(CONVEXITY_METRICS) <= set(ds.data_vars):  # a convexity map: its section draws these (convexity.py)
+        names = [n for n in names if n not in CONVEXITY_METRICS]
     html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
     names = grid_variables(ds, ("x", "y"))
     html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
