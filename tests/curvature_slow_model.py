@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-DELAY = 0.03
+DELAY = 0.05
 
 
 class Echo(torch.autograd.Function):

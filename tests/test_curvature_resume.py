@@ -30,7 +30,7 @@ def npz(tmp_path: Path) -> Path:
 
 def hessian_cmd(npz: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lossatlas", "hessian", "--model", f"{HERE / 'curvature_slow_model.py'}:build",
-            "--data", str(npz), "--batch-size", "20", "--top", "3", "--bottom", "3", "--tol", "1e-12", *extra]
+            "--data", str(npz), "--batch-size", "40", "--top", "3", "--tol", "1e-12", *extra]
 
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_continues_to_identical_numbers(tmp_path, npz) -> None:
@@ -46,21 +46,22 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_continues_to_identical_numbers(tmp_p
     while not list(partial.glob("*.state.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the job ended before it could be interrupted; make the products slower"
-    time.sleep(0.2)
+    time.sleep(0.1)  # a few products into the run
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     said = [line for line in err.splitlines() if line.startswith("interrupted:")]
     assert len(said) == 1 and "kept in OUT.partial" in said[0] and "run the same command again" in said[0], err
-    assert not out.exists() and (partial / "config.json").is_file() and list(partial.glob("*.pt"))
+    assert not out.exists() and (partial / "config.json").is_file()
+    assert (partial / "top-3.state.pt").is_file()  # stopped inside Lanczos: its state is kept
 
     resumed = subprocess.run([*hessian_cmd(npz), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"continuing the interrupted job kept in {partial}" in resumed.stderr
     assert not partial.exists()
     a, b = open_hessian(tmp_path / "full.zarr"), open_hessian(out)
-    for var in ("top_eigenvalues", "top_residuals", "bottom_eigenvalues", "bottom_residuals", "bottom_converged"):
+    for var in ("top_eigenvalues", "top_residuals", "top_converged"):
         np.testing.assert_array_equal(b[var].values, a[var].values)
     assert b.attrs["hvp_count"] == a.attrs["hvp_count"] and b.attrs["config_hash"] == a.attrs["config_hash"]
 

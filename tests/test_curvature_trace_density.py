@@ -154,7 +154,7 @@ def test_density_continues_from_finished_probes_to_identical_numbers(net) -> Non
     products: list[int] = []
     resumed = spectral_density(dense, probes=4, steps=15, bins=50, seed=2, finished=saved[-1],
                                progress=lambda done, total: products.append(done))
-    assert products[0] == 30 and products[-1] == 60 and len(products) == 31
+    assert products == [30, *range(31, 61), 60]  # the saved probes at once, then product by product, then "done"
     for field in ("grid", "density", "lower", "upper", "nodes", "weights"):
         assert torch.equal(getattr(resumed, field), getattr(full, field)), field
     assert resumed.matvecs == full.matvecs == 60
