@@ -102,8 +102,21 @@ def test_one_d_map_and_plot(tmp_path) -> None:
     ds = surface(bowl, bowl_data(), x="-1:1:5", directions=unit_directions(4)[:1], eval_spec=LOSS,
                  out=tmp_path / "c.zarr", hessian=True)
     assert ds["lambda_max"].dims == ("x",)
+    for i, x in enumerate(ds["x"].values):  # H(w) = A + diag(w²) at w = θ + x·e₀
+        w = torch.tensor([x, 0.0, 0.0, 0.0], dtype=torch.float64)
+        eig = torch.linalg.eigvalsh(bowl.hessian(w))
+        assert float(ds["lambda_max"][i]) == pytest.approx(float(eig[-1]), rel=1e-3)
+        assert float(ds["lambda_min"][i]) == pytest.approx(float(eig[0]), rel=1e-3)
     paths = plot_store(tmp_path / "c.zarr")
     assert any(p.name == "c_convexity.png" and p.stat().st_size > 0 for p in paths)
+    from lossatlas.viz.convexity import figure_convexity
+
+    fig = figure_convexity(ds)  # the drawn curves are the stored values; products drawn as integer bars
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines if not line.get_label().startswith("_")}
+    np.testing.assert_array_equal(lines["λmax"], ds["lambda_max"].values)
+    np.testing.assert_array_equal(lines["λmin"], ds["lambda_min"].values)
+    heights = [p.get_height() for p in fig.axes[2].patches]
+    np.testing.assert_array_equal(heights, ds["hessian_matvecs"].values)
 
 
 def test_convexity_ratio_edge_cases() -> None:
