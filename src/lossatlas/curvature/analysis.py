@@ -202,6 +202,9 @@ def hessian_analysis(model: nn.Module, data: Any, spec: HessianSpec = HessianSpe
             of the same job is continued, one of another job refused (``overwrite`` discards it).
         log: receives a line saying what a resumed job found.
 
+    The folder is left in place (remove it with :func:`lossatlas.curvature.resume.discard` once the result is
+    saved; ``lossatlas hessian`` does).
+
     Returns ``(dataset, eigenvectors)``, eigenvectors as ``{"top": [dict, ...], "bottom": [...]}``.
     Raises a one-line :class:`UserInputError` for ``--params`` selecting nothing or k larger than the number of
     parameters, and :class:`NonFiniteError` for a non-finite loss at θ.
@@ -287,8 +290,8 @@ def _iterative_verdict(job: Phases, spec: HessianSpec, pairs: Mapping[str, Lancz
         r_min, r_max = float(bottom.residuals[0]), float(top.residuals[0])
         certified = bool(bottom.converged[0]) and bool(top.converged[0])
     else:
-        both = job.lanczos("ends-2", min(2, job.op.n), Which.both, tol=spec.resolved_tol,
-                           max_matvecs=spec.max_hvps, seed=spec.seed)
+        both = job.lanczos("extremes", min(2, job.op.n), Which.both, tol=spec.resolved_tol,
+                           max_matvecs=spec.max_hvps, seed=spec.seed, label="λmin and λmax")
         lam_min, lam_max, r_min, r_max, certified = extremes(both)
     pattern = sign_pattern(lam_min, lam_max, spec.tolerances.zero(lam_min, lam_max, max(r_min, r_max)), certified)
     if dens is None and pattern in (SignPattern.indefinite, SignPattern.negative_semidefinite):
@@ -308,22 +311,34 @@ def _jsonable(value: Any) -> Any:
 
 def save_hessian(ds: xr.Dataset, out: str | Path, vectors: Mapping[str, list[ParamDict]] | None = None,
                  overwrite: bool = False) -> Path:
-    """Write a result: JSON when ``out`` ends in ``.json``, else a zarr store (with the eigenvectors)."""
+    """Write a result: JSON when ``out`` ends in ``.json``, else a zarr store (with the eigenvectors).
+
+    Written beside ``out`` and renamed into place, so an interrupted write leaves no half result behind.
+    """
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise UserInputError(f"'{out}' already exists; choose another --out or pass --overwrite")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.exists() and not overwrite:
+        raise UserInputError(f"'{out}' already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.writing")
+    _remove(tmp)
     if out.suffix == ".json":
-        out.write_text(json.dumps(ds.to_dict(data="list"), indent=1, default=_jsonable))
-        return out
-    ds.to_zarr(out, mode="w", consolidated=False)
-    if vectors:
-        names = [f"{end}_{i}" for end in ("top", "bottom") for i in range(len(vectors.get(end, [])))]
-        flat = [v for end in ("top", "bottom") for v in vectors.get(end, [])]
-        write_directions(out, flat, names)
+        tmp.write_text(json.dumps(ds.to_dict(data="list"), indent=1, default=_jsonable))
+    else:
+        ds.to_zarr(tmp, mode="w", consolidated=False)
+        if vectors:
+            names = [f"{end}_{i}" for end in ("top", "bottom") for i in range(len(vectors.get(end, [])))]
+            flat = [v for end in ("top", "bottom") for v in vectors.get(end, [])]
+            write_directions(tmp, flat, names)
+    _remove(out)
+    tmp.rename(out)
     return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def open_hessian(path: str | Path) -> xr.Dataset:

@@ -78,9 +78,10 @@ class Phases:
         if self.progress:
             self.progress(label, done, total)
 
-    def lanczos(self, name: str, k: int, which: Which, *, tol: float, max_matvecs: int, seed: int) -> LanczosResult:
+    def lanczos(self, name: str, k: int, which: Which, *, tol: float, max_matvecs: int, seed: int,
+                label: str | None = None) -> LanczosResult:
         """Certified extreme eigenpairs (:meth:`HessianOperator.eigenpairs`), continued from a saved state."""
-        label = f"{name} eigenpairs"
+        label = label or f"{name} eigenpairs"
         if (done := self.store.get(name)) is not None:
             res = _result(done, self.op)
             self._report(f"{label}: products ({int(res.converged.sum())} of {k} certified)", res.matvecs, res.matvecs)
