@@ -41,6 +41,7 @@ from torch import Tensor
 
 from lossatlas.curvature.density import SpectralDensity, spectral_density
 from lossatlas.curvature.krylov import LanczosResult, Which, lanczos
+from lossatlas.errors import UserInputError
 from lossatlas.params import flatten
 
 
@@ -98,8 +99,6 @@ class Tolerances:
     eig_atol: float = 1e-10
 
     def __post_init__(self) -> None:
-        from lossatlas.errors import UserInputError
-
         if not self.grad_tol > 0 or not math.isfinite(self.grad_tol):
             raise UserInputError(f"--grad-tol must be a positive number, got {self.grad_tol}")
 
@@ -310,7 +309,8 @@ def critical_point(op: Any, *, tolerances: Tolerances = Tolerances(), dense_limi
         return from_spectrum(values, residual_min=float(res[0]), residual_max=float(res[1]), certified=ok,
                              hvp_count=op.hvp_count - start, **common)
     both = lanczos(op.matvec, op.n, min(2, op.n), Which.both, tol=tol, max_matvecs=max_matvecs, seed=seed,
-                   device=op.device, progress=(lambda done, _c, _f: progress(done, max_matvecs)) if progress else None)
+                   device=op.device, progress=(lambda done, _c, end: progress(done, done if end else max_matvecs))
+                   if progress else None)
     lam_min, lam_max, r_min, r_max, certified = extremes(both)
     pattern = sign_pattern(lam_min, lam_max, tolerances.zero(lam_min, lam_max, max(r_min, r_max)), certified)
     density = None

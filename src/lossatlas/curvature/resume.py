@@ -48,6 +48,8 @@ class ResumeDir:
         config = self.path / "config.json"
         if self.path.exists() and overwrite:
             shutil.rmtree(self.path)
+        if self.path.exists() and not config.exists() and not any(self.path.glob("*.pt")):
+            shutil.rmtree(self.path)  # created, but stopped before anything was kept
         if self.path.exists():
             try:
                 old = json.loads(config.read_text())["config_hash"]

@@ -93,8 +93,6 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
     names = grid_variables(ds, ("x", "y"))
     if set(CONVEXITY_METRICS) <= set(ds.data_vars):  # a convexity map: its section draws these (convexity.py)
         names = [n for n in names if n not in CONVEXITY_METRICS]
-    html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
-    names = grid_variables(ds, ("x", "y"))
     html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
     figures = [surface_3d(ds, title=f"{what} — drag to rotate, scroll to zoom")]
     figures += [map_2d(ds, name) for name in names]
