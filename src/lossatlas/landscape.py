@@ -197,7 +197,7 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
         extra.update(reused)
     task = PointTask(evaluator, theta, dirs)
     if hessian:
-        from lossatlas.curvature.maps import ConvexitySpec, CurvatureTask
+        from lossatlas.curvature.maps import ConvexitySpec, CurvatureTask, record_unconverged
 
         cspec = hessian if isinstance(hessian, ConvexitySpec) else ConvexitySpec()
         task = CurvatureTask(evaluator, theta, dirs, cspec)
@@ -205,6 +205,8 @@ def surface(model: nn.Module, data: Any, *, x: Axis | str | None = None, y: Axis
     attrs = _provenance("surface", model, data, spec, extra, prov)
     with _result_store(out) as path:
         ds = run_grid(task, axes, path, attrs, overwrite, executor, progress)
+        if hessian:
+            ds = record_unconverged(path, ds)
         if anchors is not None:
             write_anchors(path, anchors, evaluator, theta, dirs)
             ds = open_surface(path)

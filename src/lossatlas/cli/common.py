@@ -18,8 +18,9 @@ import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -135,24 +136,36 @@ def user_errors(fn: F | None = None, *, interrupted: str = RESUMABLE) -> Any:
     return decorate(fn) if fn is not None else decorate
 
 
+class _Count(ProgressColumn):
+    """``done/total``, or ``done`` alone while the total is open (a Lanczos run ends at its certificate)."""
+
+    def render(self, task: Task) -> Text:
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else str(done), style="progress.download")
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
-    """A Rich progress bar, shown from the first ``update(done, total)`` on (so early errors stay one line)."""
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    """A Rich progress bar, shown from the first ``update(done, total)`` on (so early errors stay one line).
+
+    ``total=None`` shows an open-ended (pulsing) bar with the count alone.
+    """
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Count(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
     task = bar.add_task(description, total=None)
     started = False
 
-    def update(done: int, total: int, description: str | None = None) -> None:
+    def update(done: int, total: int | None, description: str | None = None) -> None:
         nonlocal started
         if not started:
             _flush_warnings()
             bar.start()
             started = True
-        if description:
-            bar.update(task, completed=done, total=total, description=description)
-        else:
-            bar.update(task, completed=done, total=total)
+        bar.update(task, completed=done, total=total, description=description)
+        if total is None:
+            for t in bar.tasks:
+                if t.id == task:
+                    t.total = None
 
     try:
         yield update
@@ -271,6 +284,10 @@ def summary(ds: Any, out: Path | None) -> None:
     for note in notes(ds.attrs):
         if not note.startswith("untrained"):  # the warning was printed when the model was loaded
             out_line(f"note: {note}")
+    if "hessian_converged" in ds:
+        failed = int(ds.attrs.get("hessian_unconverged", 0))
+        out_line(f"convexity map: {failed} of {int(ds['hessian_converged'].size)} points unconverged "
+                 "(λmin/λmax not certified within the product budget; marked in plots and the report)")
 
 
 def _loss_summary(ds: Any, metric: str) -> list[str]:

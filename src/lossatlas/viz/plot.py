@@ -43,6 +43,8 @@ LOG_RATIO = 50.0
 LI_LEVELS = (0.1, 10.0, 0.5)
 """Li et al.'s ``plot_2D.py`` defaults: ``levels = arange(vmin=0.1, vmax=10, vlevel=0.5)``."""
 FORMATS = ("png", "pdf", "svg")
+DISCRETE_MAPS = ("hessian_converged", "hessian_matvecs")
+"""Integer-valued maps of a convexity map (stored as float for NaN): never drawn as contours of a float."""
 
 
 class PlotKind(str, Enum):  # noqa: UP042 - the project's option style (Typer choices)
@@ -407,9 +409,9 @@ def plot_spectrum(ds: xr.Dataset, path: Path) -> Path:
     if "trace" in a:
         notes.append(f"tr(H) = {float(a['trace']):.4g} ± {float(a['trace_stderr']):.2g}")
     if "negative_mass" in a:
-        notes.append(f"negative mass {float(a['negative_mass']):.3g}")
+        notes.append(f"SLQ negative mass {float(a['negative_mass']):.3g}")
     if "critical_kind" in a:
-        notes.append(f"{a['critical_kind']} (index {float(a['index']):.3g})")
+        notes.append(critical_note(a))
     fig.suptitle(f"{a.get('model', '')} — " + "; ".join(notes), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -417,30 +419,24 @@ def plot_spectrum(ds: xr.Dataset, path: Path) -> Path:
     return path
 
 
+def critical_note(a: Any) -> str:
+    """``saddle, indefinite: 6 of 33 negative (index 0.182)`` from a Hessian result's attrs (no index claimed
+    where it is unknown)."""
+    head = f"{a['critical_kind']}, {str(a.get('hessian_sign', '?')).replace('_', ' ')}"
+    if "negative_count" in a:
+        n = int(a["negative_count"]) + int(a["zero_count"]) + int(a["positive_count"])
+        return f"{head}: {a['negative_count']} of {n} negative (index {float(a['index']):.3g})"
+    if "index" in a:
+        return f"{head} (index ≈ {float(a['index']):.3g}, {a.get('index_method', '?')})"
+    return f"{head} (index unknown)"
+
+
 def plot_convexity(ds: xr.Dataset, path: Path) -> Path:
-    """λmax, λmin and |λmin/λmax| over a surface's grid (Li et al. 2018, Fig. 7); NaN points left blank."""
-    names = [("lambda_max", "λmax", "viridis"), ("lambda_min", "λmin", "coolwarm"),
-             ("convexity_ratio", "|λmin / λmax|", "magma")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (name, title, cmap) in zip(axes, names, strict=True):
-        if "y" in ds.dims:
-            z = masked(ds[name].transpose("y", "x").values)
-            norm = None
-            if name == "lambda_min":
-                lim = float(np.nanmax(np.abs(np.ma.filled(z, np.nan)))) if z.count() else 1.0
-                norm = Normalize(-lim, lim) if lim > 0 else None
-            mesh = ax.pcolormesh(ds["x"].values, ds["y"].values, z, cmap=cmap, norm=norm, shading="auto")
-            fig.colorbar(mesh, ax=ax)
-            ax.set(xlabel="x", ylabel="y")
-        else:
-            ax.plot(ds["x"].values, masked(ds[name].values), color="tab:blue")
-            ax.axhline(0.0, color="grey", lw=0.5)
-            ax.set(xlabel="x")
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """λmax, λmin, |λmin/λmax| (Li et al. 2018, Fig. 7), the certified flag and the product counts over a
+    surface's grid, unconverged points marked (:mod:`lossatlas.viz.convexity`)."""
+    from lossatlas.viz.convexity import plot_convexity as draw
+
+    return draw(ds, path)
 
 
 def default_metrics(ds: xr.Dataset) -> list[str]:
@@ -449,6 +445,8 @@ def default_metrics(ds: xr.Dataset) -> list[str]:
     for name, var in ds.data_vars.items():
         n = str(name)
         if n == COMPLETED or n.endswith(STDERR) or n.endswith("_accuracy") or var.dtype.kind != "f":
+            continue
+        if n in DISCRETE_MAPS:  # flags and counts: drawn as discrete heatmaps in the convexity figure
             continue
         if set(var.dims) == {"x", "y"}:
             out.append(n)

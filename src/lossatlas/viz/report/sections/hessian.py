@@ -26,11 +26,30 @@ def _summary_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
         rows.append(("trace tr(H)", f"{float(a['trace']):.6g} ± {float(a['trace_stderr']):.2g} "
                                     f"({a.get('trace_method', '?')}, {a.get('trace_hvps', '?')} products)"))
     if "negative_mass" in a:
-        rows.append(("negative-eigenvalue mass (SLQ)", f"{float(a['negative_mass']):.4g}"))
+        rows.append(("negative-eigenvalue mass (SLQ)", f"{float(a['negative_mass']):.4g} (smoothing width "
+                                                       f"{float(a.get('density_sigma', np.nan)):.3g})"))
     if "critical_kind" in a:
-        rows.append(("critical point", f"{a['critical_kind']}: λmin {float(a['lambda_min']):.4g}, λmax "
-                                       f"{float(a['lambda_max']):.4g}, index {float(a['index']):.4g} "
-                                       f"({a.get('index_method', '?')})"))
+        rows += _critical_rows(a)
+    if "bn_statistics" in a and a["bn_statistics"] != "no BatchNorm layers":
+        rows.append(("BatchNorm statistics", f"--bn {a.get('bn', '?')}: {a['bn_statistics']}"))
+    return rows
+
+
+def _critical_rows(a: dict) -> list[tuple[str, str]]:
+    """Is θ critical (relative gradient test) and the Hessian's sign pattern, with counts or an honest index."""
+    from lossatlas.viz.plot import critical_note
+
+    rows = [("critical point", critical_note(a))]
+    if "grad_relative" in a:
+        rows.append(("gradient test", f"‖∇L‖/(‖H‖·‖θ‖) = {float(a['grad_relative']):.3g} vs grad-tol "
+                                      f"{float(a['grad_tol']):.3g}: critical {a.get('is_critical', '?')}"))
+    certified = "certified" if a.get("extremes_certified", True) else "NOT certified (verdict undetermined)"
+    r_min, r_max = float(a.get("lambda_min_residual", np.nan)), float(a.get("lambda_max_residual", np.nan))
+    rows.append(("λmin, λmax", f"{float(a['lambda_min']):.6g} (residual {r_min:.1e}), {float(a['lambda_max']):.6g} "
+                               f"(residual {r_max:.1e}); {certified}"))
+    if "index" not in a and "critical_negative_mass" in a:
+        rows.append(("SLQ negative mass", f"{float(a['critical_negative_mass']):.3g}: not the index, the density's "
+                                          f"width {float(a['critical_density_sigma']):.3g} exceeds |λmin|"))
     return rows
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from lossatlas.curvature.maps import CONVEXITY_METRICS
 from lossatlas.engine.subset import Z95
 from lossatlas.viz.describe import sig, subset_note, titled, with_error
 from lossatlas.viz.report.figures import (
@@ -90,6 +91,8 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
         fig = curves_1d(ds, title=f"1D loss curve — {what}", xlabel="x (step along the direction)")
         return Section(title=f"1D loss curve: {store.name}", html=html, figures=(fig,))
     names = grid_variables(ds, ("x", "y"))
+    if set(CONVEXITY_METRICS) <= set(ds.data_vars):  # a convexity map: its section draws these (convexity.py)
+        names = [n for n in names if n not in CONVEXITY_METRICS]
     html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
     figures = [surface_3d(ds, title=f"{what} — drag to rotate, scroll to zoom")]
     figures += [map_2d(ds, name) for name in names]
