@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-slow bench lint docs clean
+.PHONY: install demo test test-slow bench lint docs studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/typer lossatlas.cli utils docs --name lossatlas --output docs/cli.md
 	sed -i "s/&#x27;/'/g" docs/cli.md
+	$(PY) -c "from lossatlas.studies.tables import write_studies_doc; write_studies_doc('docs/studies.md', 'docs/studies')"
+
+# The full preset of every study (hours on 2 cores); each results.json is checked in under docs/studies/.
+STUDIES := critical-points deep-linear single-neuron safran-shamir xor-jellyfish index-vs-error
+studies: $(STAMP)
+	mkdir -p docs/studies
+	for s in $(STUDIES); do $(VENV)/bin/lossatlas study run $$s --full --out runs/studies || exit 1; \
+		cp runs/studies/$$s/results.json docs/studies/$$s.json; done
+	$(MAKE) docs
 
 clean:
 	rm -rf $(VENV) .venv-bench runs .pytest_cache

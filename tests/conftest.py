@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lossatlas.data import Dataset
@@ -62,3 +65,22 @@ def blobs() -> Dataset:
 @pytest.fixture
 def image_blobs() -> Dataset:
     return make_classification(image=True)
+
+
+def plain_metrics(net: nn.Module, point: Mapping[str, torch.Tensor], data: Dataset,
+                  splits: Sequence[str] = ("train", "test")) -> dict[str, float]:
+    """The independent reference for the engine: ``point`` loaded into a copy of ``net`` (eval mode), one plain
+    forward of each whole split, ``F.cross_entropy`` mean and accuracy in float64. Shares no code with the engine."""
+    clone = copy.deepcopy(net)
+    state = clone.state_dict()
+    state.update({k: v.to(state[k].dtype) for k, v in point.items()})
+    clone.load_state_dict(state)
+    clone.eval()
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for split in splits:
+            x, y = data.split(split)
+            logits = clone(x)
+            out[f"{split}_loss"] = float(F.cross_entropy(logits.double(), y))
+            out[f"{split}_accuracy"] = float((logits.argmax(-1) == y).double().mean())
+    return out

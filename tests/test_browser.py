@@ -1,9 +1,10 @@
 """The report in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
 Checks: no JavaScript console errors or uncaught exceptions, no network request other than the file
-itself, every plotly figure rendered (non-zero size, SVG/canvas children), the provenance panel shows
-the seed, the hostile model/data strings are shown as text and never executed, and a screenshot is saved
-(to ``tmp_path``; also to ``$LOSSATLAS_SCREENSHOT_DIR`` when set).
+itself, every plotly figure rendered (non-zero size, SVG/canvas children) and drawn inside its box (the
+figure's SVG, legend, title and colour bar within the grid cell, at 1280 px and at 900 px window width),
+the provenance panel shows the seed, the hostile model/data strings are shown as text and never executed,
+and a screenshot is saved (to ``tmp_path``; also to ``$LOSSATLAS_SCREENSHOT_DIR`` when set).
 
 Without Chromium the test is skipped locally but FAILS when the ``CI`` environment variable is set, so CI
 can never skip it silently (``.ci/run`` installs chromium with apt-get).
@@ -15,8 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
 
+from lossatlas.viz.describe import UNTRAINED
 from lossatlas.viz.report import build_report
 from tests.test_report import XSS_DATA, XSS_MODEL, make_run_dir
 
@@ -52,10 +56,32 @@ def browser():  # type: ignore[no-untyped-def]
         b.close()
 
 
+_OUTSIDE_THEIR_BOX = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd => {
+    const box = gd.closest('.fig').getBoundingClientRect();
+    const parts = gd.querySelectorAll('.main-svg, .legend, .g-gtitle, .colorbar, .updatemenu-container');
+    return Array.from(parts).map(e => [e.getAttribute('class'), e.getBoundingClientRect()])
+        .filter(([, r]) => r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1))
+        .map(([name, r]) => `${gd.id} ${name}: [${r.left}, ${r.right}] outside [${box.left}, ${box.right}]`);
+})"""
+
+
+def assert_figures_fit(page, width: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    """At window ``width``, every figure (its SVG, legend, title, colour bar, buttons) lies inside its grid cell
+    once the page has settled (plotly redraws after a resize take a moment; give them up to 15 s)."""
+    if width is not None:
+        page.set_viewport_size({"width": width, "height": 1000})
+    try:
+        page.wait_for_function(f"({_OUTSIDE_THEIR_BOX})().length === 0", timeout=15_000, polling=200)
+    except Exception:  # noqa: BLE001 - the assertion below says what sticks out
+        pass
+    assert page.evaluate(_OUTSIDE_THEIR_BOX) == []
+
+
 def check_in_browser(browser, report: Path, n_figures: int, shot: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Open ``report`` and assert: no console errors, no network, every figure drawn; returns provenance rows."""
+    """Open ``report`` and assert: no console errors, no network, every figure drawn inside its box; returns
+    provenance rows."""
     url = report.resolve().as_uri()
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
     errors: list[str] = []
     requests: list[str] = []
     dialogs: list[str] = []
@@ -88,6 +114,9 @@ def check_in_browser(browser, report: Path, n_figures: int, shot: Path) -> dict[
         .map(r => [r.querySelector('th').innerText, r.querySelector('td').innerText]))""")
     rows["__provenance_text__"] = prov
     assert page.evaluate("window.__xss === undefined") and dialogs == []
+    assert_figures_fit(page)  # as loaded at 1280 px
+    assert_figures_fit(page, 900)
+    assert_figures_fit(page, 1280)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     if os.environ.get("LOSSATLAS_SCREENSHOT_DIR"):
@@ -98,10 +127,46 @@ def check_in_browser(browser, report: Path, n_figures: int, shot: Path) -> dict[
     return rows
 
 
+def spectrum_store(path: Path) -> Path:
+    """A ``hessian`` result shaped like the one in issue 9: λ up to ~1,400 on top, |λ| < 1 at the bottom."""
+    from lossatlas.curvature.analysis import save_hessian
+
+    top = np.array([1419.0, 830.0, 512.0, 301.0, 244.8])
+    bottom = np.array([-0.42, -0.08, 0.0013, 0.011, 0.02])
+    grid = np.linspace(-5.0, 1500.0, 100)
+    density = np.exp(-0.5 * (grid / 20.0) ** 2) + 1e-4
+    ds = xr.Dataset({f"{end}_{what}": (end, v) for end, values in (("top", top), ("bottom", bottom))
+                     for what, v in (("eigenvalues", values), ("residuals", 1e-9 + 0 * values),
+                                     ("converged", np.ones(5, bool)))}
+                    | {"density": ("grid", density), "density_lo": ("grid", 0.8 * density),
+                       "density_hi": ("grid", 1.2 * density)},
+                    coords={"grid": grid},
+                    attrs={"kind": "hessian", "model": "cnn", "data": "npz", "n_params": 1946, "dtype": "float64",
+                           "hvp_count": 120, "loss_value": 0.05, "grad_norm": 1e-3, "seed": 0,
+                           "checkpoint_sha256": "0" * 64, "config_hash": "0123456789abcdef"})
+    return save_hessian(ds, path)
+
+
+def subset_curve_store(path: Path) -> Path:
+    """A 1D subset store whose 95% bands would cross 0 (loss) and 100% (accuracy) unclipped."""
+    x = np.linspace(-1, 1, 21)
+    loss = 0.01 + x**2
+    acc = np.clip(1.0 - 0.3 * x**2, 0, 1)
+    xr.Dataset({"train_loss": ("x", loss), "train_accuracy": ("x", acc), "train_loss_stderr": ("x", 0.05 + 0 * x),
+                "train_accuracy_stderr": ("x", 0.05 + 0 * x), "completed": ("x", np.ones(21, bool))},
+               coords={"x": x}, attrs={"kind": "surface", "model": "m", "data": "d", "seed": 0, "subset": 0.1,
+                                       "subset_seed": 0, "checkpoint_sha256": "1" * 64,
+                                       "config_hash": "fedcba9876543210", "weights": UNTRAINED}
+               ).to_zarr(path, consolidated=False)
+    return path
+
+
 def test_report_renders_in_headless_chromium(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run_dir(tmp_path)  # demo-shaped: training log, 2D surface, 1D curve, interpolation
+    spectrum_store(run / "hessian.zarr")  # the figure that was 1,238 px wide in a 613 px box
+    subset_curve_store(run / "subset.zarr")
     result = build_report(run, strict=True)
-    assert result.figures >= 7
+    assert result.figures >= 10
     rows = check_in_browser(browser, result.path, result.figures, tmp_path / "report.png")
     assert rows["seed"] == "0"
     # hostile strings are visible as text and did nothing (checked in check_in_browser: no dialog, no __xss)

@@ -67,6 +67,47 @@ def test_hessian_command_writes_a_store_a_plot_and_a_summary(toy, tmp_path) -> N
     assert len(vectors) == 5 and list(vectors[0]) == [n for n, _ in toy["net"].named_parameters()]
 
 
+def test_critical_reports_the_verdict_and_the_sign_pattern_with_exact_counts(toy, tmp_path) -> None:
+    """Dense path (51 parameters): the counts equal those of the reference spectrum; the gradient test is a
+    separate line, and --grad-tol moves only the verdict, never the sign pattern."""
+    eig = toy["eig"]
+    tau = 1e-6 * float(eig.abs().max())
+    neg, zero, pos = int((eig < -tau).sum()), int((eig.abs() <= tau).sum()), int((eig > tau).sum())
+    for grad_tol, kind in (("1e-6", "not_critical"), ("1e6", "saddle")):
+        out = tmp_path / f"h{grad_tol}.json"
+        result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "2", "--critical", "--grad-tol",
+                        grad_tol, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert any(line.startswith(f"critical point: {kind} (‖∇L‖ = ") for line in lines), lines
+        assert f"Hessian: indefinite; {neg} negative, {zero} zero (|λ| ≤ {tau:.2g}), {pos} positive of 51; index " \
+               f"{neg / 51:.4g} (exact); λmin {float(eig[0]):.6g}" in result.stdout
+        a = open_hessian(out).attrs
+        assert (a["negative_count"], a["zero_count"], a["positive_count"]) == (neg, zero, pos) and neg > 0
+        assert a["critical_kind"] == kind and a["hessian_sign"] == "indefinite" and a["eigen_method"] == "dense"
+        assert a["hvp_count"] == 51 + 3  # the dense Hessian, then the residuals of λmin, λmax and the 2nd top pair
+    np.testing.assert_allclose(open_hessian(out)["top_eigenvalues"].values, eig.flip(0)[:2].numpy(), rtol=1e-10)
+
+
+def test_uncertified_extremes_make_the_verdict_undetermined(toy, tmp_path) -> None:
+    result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "0", "--critical", "--dense-limit",
+                    "0", "--max-hvps", "4", "--out", str(tmp_path / "h.json"))
+    assert result.exit_code == 0, result.output
+    assert "critical point: undetermined" in result.stdout and "Hessian: undetermined; index unknown" in result.stdout
+    assert "warning: λmin or λmax is not certified" in result.stderr
+    a = open_hessian(tmp_path / "h.json").attrs
+    assert a["critical_kind"] == "undetermined" and a["extremes_certified"] is False and "index" not in a
+    assert a["lambda_min_residual"] > 0 and a["hvp_count"] == 4
+
+
+def test_lanczos_progress_counts_products_against_the_certificate_and_completes(toy, tmp_path) -> None:
+    result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "3", "--out", str(tmp_path / "h.json"))
+    assert result.exit_code == 0, result.output
+    hvps = open_hessian(tmp_path / "h.json").attrs["hvp_count"]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("top-3 eigenpairs: products (3 of 3 certified)") and f" {hvps}/{hvps} " in last, last
+
+
 def test_hessian_json_result_and_float32(toy, tmp_path) -> None:
     out = tmp_path / "h.json"
     result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "2", "--dtype", "float32",
@@ -74,7 +115,13 @@ def test_hessian_json_result_and_float32(toy, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert payload["attrs"]["params"] == "layers\\.0\\." and payload["attrs"]["n_params"] == 30
-    assert open_hessian(out)["top_eigenvalues"].shape == (2,)
+    names = [n for n, _ in toy["net"].named_parameters() if n.startswith("layers.0.")]
+    data = load_data(toy["npz"])
+    block = spectrum(dense_hessian(toy["net"], Evaluator(toy["net"], data).loss_fn, data.x_train, data.y_train,
+                                   names=names))
+    # float32 products: the sub-block's top eigenvalues to float32 accuracy (tolerance 1e-3 of the residual test)
+    np.testing.assert_allclose(open_hessian(out)["top_eigenvalues"].values, block.flip(0)[:2].numpy(), rtol=1e-3)
+    assert payload["attrs"]["dtype"] == "float32"
     again = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "2", "--out", str(out))
     assert_one_line_error(again, "already exists")
 
@@ -135,10 +182,10 @@ def test_report_renders_hessian_store_and_json(toy, tmp_path) -> None:
     run = tmp_path / "run"
     for name in ("hessian.zarr", "hessian.json"):
         result = invoke("hessian", "--model", MODEL, "--data", toy["npz"], "--top", "2", "--bottom", "1",
-                        "--density", "--probes", "2", "--bins", "30", "--trace", "--out", str(run / name))
+                        "--density", "--probes", "2", "--bins", "30", "--trace", "--critical", "--out", str(run / name))
         assert result.exit_code == 0, result.output
     report = build_report(run, strict=True)
     page = report.path.read_text()
     assert report.sections == 2 and not report.problems
     assert "Hessian spectrum: hessian.zarr" in page and "Hessian spectrum: hessian.json" in page
-    assert "residual ‖Hv − λv‖" in page
+    assert "residual ‖Hv − λv‖" in page and "negative (index" in page and "gradient test" in page

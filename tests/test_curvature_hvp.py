@@ -44,6 +44,29 @@ def test_dense_operator_and_gradient_match_reference(problem) -> None:
     torch.testing.assert_close(flatten(op.gradient()), problem["g"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("batched", [True, False])  # vmap over the basis block (GPU), or one column after another
+def test_dense_columns_every_path_match_the_reference(problem, cache, batched) -> None:
+    op = HessianOperator(problem["ev"], cache=cache)
+    basis = torch.eye(op.n, dtype=torch.float64)[40:47]
+    torch.testing.assert_close(op._dense_columns(basis, batched=batched), problem["H"][40:47], rtol=1e-9, atol=1e-12)
+
+
+def test_dense_build_continues_from_saved_columns_to_the_same_matrix(problem) -> None:
+    """An interrupted build keeps whole blocks (``on_block``); given them back it computes only the rest."""
+    saved: list[torch.Tensor] = []
+    op = HessianOperator(problem["ev"])
+    full = op.dense(chunk=16, on_block=lambda rows: saved.append(torch.cat(rows)))
+    assert [s.shape[0] for s in saved] == [16, 32, 48, 64, 80, 96, 112, 123] and op.hvp_count == 123
+    again = HessianOperator(problem["ev"])
+    done: list[tuple[int, int]] = []
+    resumed = again.dense(chunk=16, columns=saved[2], progress=lambda a, b: done.append((a, b)))
+    assert torch.equal(resumed, full) and again.hvp_count == 123 - 48
+    assert done[0] == (48, 123) and done[-1] == (123, 123)
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        again.dense(chunk=16, columns=saved[2][:40])
+
+
 def test_float32_products_are_close(problem) -> None:
     op = HessianOperator(problem["ev"], dtype="float32")
     assert op.cache  # a tiny problem fits the default 1 GiB budget

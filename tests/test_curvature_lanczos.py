@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lossatlas.curvature.hvp import HessianOperator
-from lossatlas.curvature.krylov import Which, lanczos
+from lossatlas.curvature.krylov import LanczosState, Which, lanczos
 from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
 from lossatlas.params import flatten
@@ -149,3 +149,53 @@ def test_mnist1d_mlp_top_and_bottom_against_dense() -> None:
     assert top.all_converged and bottom.all_converged
     torch.testing.assert_close(top.eigenvalues, eig.flip(0)[:5], rtol=1e-6, atol=0)
     torch.testing.assert_close(bottom.eigenvalues, eig[:3], rtol=1e-6, atol=1e-9 * float(eig.abs().max()))
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [5, 9, 17])  # before the first check, mid-cycle, after a thick restart
+def test_interrupted_run_continues_from_its_state_to_identical_numbers(stop_after) -> None:
+    """A run stopped after ``stop_after`` products and continued from the last state handed to ``checkpoint``
+    (through its plain-tensor form, as a file would hold it) ends bit-identical to an uninterrupted run."""
+    a = synthetic(torch.cat([torch.linspace(-1, 1, 120) ** 3, torch.tensor([3.0, 2.5, -2.0])]).double(), seed=8)
+    kwargs = dict(tol=1e-10, ncv=10, seed=3)
+    full = lanczos(lambda v: a @ v, 123, 3, Which.both, **kwargs)
+    assert full.restarts >= 2 and full.matvecs > 17
+    saved: list = []
+    count = {"n": 0}
+
+    def flaky(v: torch.Tensor) -> torch.Tensor:
+        count["n"] += 1
+        if count["n"] > stop_after:
+            raise _Stop
+        return a @ v
+
+    with pytest.raises(_Stop):
+        lanczos(flaky, 123, 3, Which.both, checkpoint=saved.append, **kwargs)
+    state = LanczosState.from_dict(saved[-1].as_dict())
+    assert state.matvecs == stop_after
+    calls = {"n": 0}
+
+    def counted(v: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return a @ v
+
+    resumed = lanczos(counted, 123, 3, Which.both, state=state, **kwargs)
+    assert calls["n"] == full.matvecs - stop_after and resumed.matvecs == full.matvecs
+    assert resumed.restarts == full.restarts
+    for field in ("eigenvalues", "residuals", "converged", "vectors"):
+        assert torch.equal(getattr(resumed, field), getattr(full, field)), field
+    with pytest.raises(ValueError, match="another run"):
+        lanczos(counted, 123, 2, Which.both, state=state, **kwargs)
+
+
+def test_progress_reports_products_and_certified_pairs_and_completes() -> None:
+    """No fixed maximum: the callback sees products and certified pairs, and a final ``finished`` call."""
+    a = synthetic(torch.linspace(0, 1, 80).double() ** 2, seed=9)
+    calls: list[tuple[int, int, bool]] = []
+    res = lanczos(lambda v: a @ v, 80, 3, Which.largest, tol=1e-8, progress=lambda *c: calls.append(c))
+    assert [c[0] for c in calls[:-1]] == list(range(1, res.matvecs + 1))
+    assert calls[-1] == (res.matvecs, 3, True) and not any(c[2] for c in calls[:-1])
+    assert all(0 <= c[1] <= 3 for c in calls) and calls[-2][1] == 3 and calls[0][1] == 0

@@ -93,7 +93,7 @@ def test_hessian_directions_are_the_top_eigenvectors(tmp_path) -> None:
         assert abs(float(d["w"].double() @ expected)) == pytest.approx(1.0, abs=1e-6)
     # along the top eigenvector the loss is ½ λ α²
     np.testing.assert_allclose(ds["train_loss"].sel(y=0.0).values, 0.5 * 3.0 * ds["x"].values ** 2, rtol=1e-6)
-    with pytest.raises(UserInputError, match="--directions must be random or hessian"):
+    with pytest.raises(UserInputError, match="--directions must be random, hessian"):
         surface(bowl, bowl_data(), x="-1:1:3", directions="pca", eval_spec=LOSS, out=tmp_path / "p.zarr")
 
 
@@ -102,8 +102,21 @@ def test_one_d_map_and_plot(tmp_path) -> None:
     ds = surface(bowl, bowl_data(), x="-1:1:5", directions=unit_directions(4)[:1], eval_spec=LOSS,
                  out=tmp_path / "c.zarr", hessian=True)
     assert ds["lambda_max"].dims == ("x",)
+    for i, x in enumerate(ds["x"].values):  # H(w) = A + diag(w²) at w = θ + x·e₀
+        w = torch.tensor([x, 0.0, 0.0, 0.0], dtype=torch.float64)
+        eig = torch.linalg.eigvalsh(bowl.hessian(w))
+        assert float(ds["lambda_max"][i]) == pytest.approx(float(eig[-1]), rel=1e-3)
+        assert float(ds["lambda_min"][i]) == pytest.approx(float(eig[0]), rel=1e-3)
     paths = plot_store(tmp_path / "c.zarr")
     assert any(p.name == "c_convexity.png" and p.stat().st_size > 0 for p in paths)
+    from lossatlas.viz.convexity import figure_convexity
+
+    fig = figure_convexity(ds)  # the drawn curves are the stored values; products drawn as integer bars
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines if not line.get_label().startswith("_")}
+    np.testing.assert_array_equal(lines["λmax"], ds["lambda_max"].values)
+    np.testing.assert_array_equal(lines["λmin"], ds["lambda_min"].values)
+    heights = [p.get_height() for p in fig.axes[2].patches]
+    np.testing.assert_array_equal(heights, ds["hessian_matvecs"].values)
 
 
 def test_convexity_ratio_edge_cases() -> None:
@@ -111,3 +124,76 @@ def test_convexity_ratio_edge_cases() -> None:
     assert np.isnan(convexity_ratio(0.0, 0.0)) and np.isinf(convexity_ratio(-1.0, 0.0))
     with pytest.raises(UserInputError, match="--tol must be positive"):
         ConvexitySpec(tol=0.0)
+
+
+@pytest.fixture(scope="module")
+def half_failed(tmp_path_factory) -> tuple:
+    """A 4 × 3 convexity map whose cold-started point of each row misses the certificate within 14 products,
+    while its warm-started neighbours meet it: 4 unconverged points of 12."""
+    lam = torch.cat([torch.linspace(-1, 1, 28) ** 3, torch.tensor([3.0, -2.0])]).double()
+    bowl = QuadraticBowl(rotated(lam, seed=4), w0=torch.zeros(30, dtype=torch.float64), quartic=2.0)
+    out = tmp_path_factory.mktemp("maps") / "u.zarr"
+    ds = surface(bowl, bowl_data(), x="-1:1:4", y="-1:1:3", directions=unit_directions(30), eval_spec=LOSS, out=out,
+                 hessian=ConvexitySpec(tol=1e-8, max_matvecs=14))
+    return out, ds
+
+
+def test_unconverged_points_are_counted_in_attrs_and_the_summary(half_failed, capsys) -> None:
+    from lossatlas.cli.common import summary
+    from lossatlas.store import open_surface
+
+    out, ds = half_failed
+    failed = ds["hessian_converged"].values == 0
+    assert failed[:, 0].all() and not failed[:, 1:].any()  # the cold starts (y = -1 at every x), and only them
+    assert ds.attrs["hessian_unconverged"] == 4 and open_surface(out).attrs["hessian_unconverged"] == 4
+    np.testing.assert_array_equal(ds["hessian_matvecs"].values[failed], 14)
+    summary(ds, out)
+    assert "convexity map: 4 of 12 points unconverged" in capsys.readouterr().out
+
+
+def test_static_convexity_figure_marks_unconverged_points_and_draws_counts_as_discrete_data(half_failed) -> None:
+    from matplotlib.colors import BoundaryNorm
+    from matplotlib.patches import Rectangle
+
+    from lossatlas.viz.convexity import HATCH, figure_convexity
+    from lossatlas.viz.plot import default_metrics
+
+    _, ds = half_failed
+    fig = figure_convexity(ds)
+    lam_max, lam_min, ratio, flag, counts = fig.axes[:5]  # the panels come first, their colour bars after
+    for ax in (lam_max, lam_min, ratio, flag, counts):
+        hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch() == HATCH]
+        assert len(hatched) == 4, ax.get_title()
+        # the cold starts: y = -1 (the first point of each unit, a row of y per x), at every x
+        centres = {(round(p.get_x() + p.get_width() / 2, 6), round(p.get_y() + p.get_height() / 2, 6)) for p in hatched}
+        assert centres == {(round(float(x), 6), -1.0) for x in ds["x"].values}
+    for ax in (lam_max, lam_min, ratio):
+        z = ax.collections[0].get_array()
+        assert int(np.ma.getmaskarray(z).sum()) == 4  # masked, not drawn as eigenvalues
+    for ax in (flag, counts):
+        assert isinstance(ax.collections[0].norm, BoundaryNorm)
+    bar_ticks = {t.get_text() for a in fig.axes[6:] for t in a.get_yticklabels()}
+    assert {"no", "yes", "13", "14"} <= bar_ticks
+    assert {"hessian_converged", "hessian_matvecs"}.isdisjoint(default_metrics(ds))
+
+
+def test_report_section_marks_unconverged_points(half_failed) -> None:
+    from lossatlas.viz.report.sections.convexity import convexity_section, discrete_scale
+    from lossatlas.viz.report.sections.surface import surface_section
+
+    out, ds = half_failed
+    section = convexity_section(out, ds)
+    assert "4 of 12" in section.html
+    titles = [f.layout.title.text for f in section.figures]
+    assert titles[-2:] == ["λmin, λmax certified (hessian_converged)", "Hessian-vector products per point "
+                                                                        "(hessian_matvecs)"]
+    for fig in section.figures[:3]:
+        heat, marks = fig.data
+        assert int(np.isnan(np.asarray(heat.z, dtype=float)).sum()) == 4 and len(marks.x) == 4
+    counts = section.figures[-1].data[0]
+    assert list(counts.colorbar.tickvals) == [13, 14] and counts.zmin == 12.5 and counts.zmax == 14.5
+    assert list(section.figures[-2].data[0].colorbar.ticktext) == ["no", "yes"]
+    scale, lo, hi, ticks = discrete_scale(np.array([3.0, 5, 5, 300, np.nan]))
+    assert ticks == [3, 5, 300] and (lo, hi) == (2.5, 300.5) and scale[1][1] == scale[0][1]  # flat per value
+    surface_titles = [f.layout.title.text for f in surface_section(out, ds).figures]
+    assert not any("hessian" in str(t) for t in surface_titles)

@@ -128,3 +128,33 @@ def test_density_bad_inputs() -> None:
         spectral_density(Dense(torch.eye(3, dtype=torch.float64)), bins=5)
     with pytest.raises(UserInputError, match="--sigma must be positive"):
         spectral_density(Dense(torch.eye(3, dtype=torch.float64)), sigma=0.0)
+
+
+def test_density_continues_from_finished_probes_to_identical_numbers(net) -> None:
+    """Probes finished before an interruption (``on_probe``) are not recomputed; the result is bit-identical."""
+    dense = Dense(net["H"])
+    full = spectral_density(dense, probes=4, steps=15, bins=50, seed=2)
+    saved: list = []
+
+    class Stop(Exception):
+        pass
+
+    class Flaky(Dense):
+        calls = 0
+
+        def matvec(self, v: torch.Tensor) -> torch.Tensor:
+            Flaky.calls += 1
+            if Flaky.calls > 2 * 15 + 7:  # in the middle of the third probe
+                raise Stop
+            return super().matvec(v)
+
+    with pytest.raises(Stop):
+        spectral_density(Flaky(net["H"]), probes=4, steps=15, bins=50, seed=2, on_probe=saved.append)
+    assert len(saved) == 2 and len(saved[-1]) == 2
+    products: list[int] = []
+    resumed = spectral_density(dense, probes=4, steps=15, bins=50, seed=2, finished=saved[-1],
+                               progress=lambda done, total: products.append(done))
+    assert products == [30, *range(31, 61), 60]  # the saved probes at once, then product by product, then "done"
+    for field in ("grid", "density", "lower", "upper", "nodes", "weights"):
+        assert torch.equal(getattr(resumed, field), getattr(full, field)), field
+    assert resumed.matvecs == full.matvecs == 60

@@ -17,19 +17,20 @@ from lossatlas.engine.inference import PointModel, fuse_linear_relu, fused_match
 from lossatlas.engine.losses import cross_entropy_and_correct
 from lossatlas.engine.passes import CPU_PASS_FLOATS as _CPU_PASS_FLOATS
 from lossatlas.params import add_scaled, functional_forward, stack_points
-from tests.conftest import bn_cnn, make_classification, mlp
+from tests.conftest import bn_cnn, make_classification, mlp, plain_metrics
 
 COORDS = torch.tensor([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]], dtype=torch.float64)
 
 
-def _check_against_reference(ev: Evaluator) -> None:
-    """Batched metrics equal :meth:`Evaluator.evaluate_one` (plain layout, one point at a time)."""
+def _check_against_reference(ev: Evaluator, net: nn.Module, data) -> None:  # type: ignore[no-untyped-def]
+    """Batched metrics equal the independent plain-module reference (the point loaded into a copy of the net,
+    one ordinary forward pass of the whole split)."""
     theta = ev.theta()
     dirs = random_directions(theta, DirectionSpec(ignore=Ignore.none, seed=3), 2)
     batched = ev.evaluate_coords(theta, dirs, COORDS)
     for p in range(len(COORDS)):
-        one = ev.evaluate_one(add_scaled(theta, dirs, COORDS[p].tolist()))
-        for name, value in one.items():
+        ref = plain_metrics(net, add_scaled(theta, dirs, COORDS[p].tolist()), data)
+        for name, value in ref.items():
             np.testing.assert_allclose(float(batched[name][p]), value, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
@@ -49,22 +50,25 @@ class ViewNet(nn.Module):
 
 
 def test_conv_net_runs_point_by_point_in_channels_last() -> None:
-    ev = Evaluator(bn_cnn(), make_classification(image=True), EvalSpec(batch_size=32))
+    net, data = bn_cnn(), make_classification(image=True)
+    ev = Evaluator(net, data, EvalSpec(batch_size=32))
     assert ev._channels_last and ev._one_point_per_pass(len(COORDS))
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_view_after_conv_falls_back_to_the_plain_layout() -> None:
-    ev = Evaluator(ViewNet().eval(), make_classification(image=True), EvalSpec(batch_size=32))
+    net, data = ViewNet().eval(), make_classification(image=True)
+    ev = Evaluator(net, data, EvalSpec(batch_size=32))
     assert not ev._channels_last
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_small_points_share_cache_sized_vmapped_passes() -> None:
-    ev = Evaluator(mlp(), make_classification(), EvalSpec(batch_size=50))
+    net, data = mlp(), make_classification()
+    ev = Evaluator(net, data, EvalSpec(batch_size=50))
     assert not ev._channels_last and not ev._one_point_per_pass(len(COORDS))
     assert 1 < ev.points_per_pass() <= _CPU_PASS_FLOATS // (ev._per_sample * 50)
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_a_point_that_fills_a_pass_runs_alone() -> None:
@@ -72,7 +76,7 @@ def test_a_point_that_fills_a_pass_runs_alone() -> None:
     wide = mlp(hidden=4096)  # 3 x 4096 activations x 300 samples x 2 > the CPU pass budget
     ev = Evaluator(wide, data, EvalSpec(batch_size=300))
     assert ev._per_sample * 300 * 2 > _CPU_PASS_FLOATS and ev._one_point_per_pass(len(COORDS))
-    _check_against_reference(ev)
+    _check_against_reference(ev, wide, data)
 
 
 def _plain_metrics(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -192,8 +196,8 @@ def test_points_built_on_the_fly_equal_stacked_points(model: str) -> None:
     """evaluate_coords builds each point when it runs (θ + c₁d₁ + c₂d₂ into a reused buffer); evaluate_stacked
     reads it from stack_points: the same metrics, and the same as the plain reference."""
     image = model == "bn_cnn"
-    ev = Evaluator(bn_cnn() if image else mlp(hidden=4096), make_classification(n=300, image=image),
-                   EvalSpec(batch_size=300))
+    net, data = (bn_cnn() if image else mlp(hidden=4096)), make_classification(n=300, image=image)
+    ev = Evaluator(net, data, EvalSpec(batch_size=300))
     assert ev._one_point_per_pass(len(COORDS))
     theta = ev.theta()
     dirs = random_directions(theta, DirectionSpec(ignore=Ignore.none, seed=4), 2)
@@ -201,7 +205,7 @@ def test_points_built_on_the_fly_equal_stacked_points(model: str) -> None:
     stacked = ev.evaluate_stacked(stack_points(theta, dirs, COORDS))
     for name in built:
         torch.testing.assert_close(built[name], stacked[name], rtol=1e-6, atol=1e-9)
-    _check_against_reference(ev)
+    _check_against_reference(ev, net, data)
 
 
 def test_a_linear_used_twice_stays_shared() -> None:

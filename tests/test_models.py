@@ -19,7 +19,7 @@ FLAT = (40,)
 DIGITS = (1, 8, 8)
 CIFAR = (3, 32, 32)
 IMAGE_MODELS = ["bncnn", "resnet20", "resnet56", "resnet110", "wrn", "vgg9", "densenet"]
-FLAT_MODELS = ["mlp", "cnn1d", "linear", "two_layer"]
+FLAT_MODELS = ["mlp", "logistic", "cnn1d", "gru", "lstm", "vgg9_1d", "linear", "two_layer", "cnn1"]
 FORWARD_CASES = [(name, shape) for name in IMAGE_MODELS for shape in (DIGITS, CIFAR)] + [
     (name, shape) for name in FLAT_MODELS for shape in (FLAT, DIGITS)
 ]
@@ -102,7 +102,7 @@ def test_mlp_keys_are_honoured() -> None:
 
 
 def test_zoo_defaults_are_listed() -> None:
-    assert zoo_keys("mlp") == {"widths": (100, 100), "activation": "relu", "bias": True}
+    assert zoo_keys("mlp") == {"widths": (100, 100), "activation": "relu", "bias": True, "residual": False}
     assert zoo_keys("resnet56") == {"shortcut": True, "width": 1}
 
 
@@ -306,3 +306,22 @@ def test_bad_shapes_raise_user_errors() -> None:
     _assert_one_line_error("zoo:mlp", "input_shape", input_shape=())
     _assert_one_line_error("zoo:mlp", "output_dim", output_dim=0)
     _assert_one_line_error("zoo:cnn1d", "at least 3 features", input_shape=(2,))
+
+
+def test_vgg9_width_scales_every_layer_and_keeps_the_recipe() -> None:
+    small = build_model("zoo:vgg9:width=8", input_shape=DIGITS, output_dim=10)
+    full = build_model("zoo:vgg9", input_shape=DIGITS, output_dim=10)
+    convs = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [8, 8, 16, 16, 32, 32, 32]
+    assert [m.out_channels for m in full.modules() if isinstance(m, nn.Conv2d)] == [64, 64, 128, 128, 256, 256, 256]
+    assert [type(m) for m in small.modules()] == [type(m) for m in full.modules()]
+    assert small.fc[0].out_features == 32
+
+
+def test_vgg9_1d_is_the_vgg9_recipe_on_signals() -> None:
+    net = build_model("zoo:vgg9_1d:width=16", input_shape=FLAT, output_dim=10)
+    assert [m.out_channels for m in net.modules() if isinstance(m, nn.Conv1d)] == [16, 16, 32, 32, 64, 64, 64]
+    assert sum(isinstance(m, nn.MaxPool1d) for m in net.modules()) == 3  # 40 -> 20 -> 10 -> 5
+    assert net.fc[0].in_features == 64 * 5 and isinstance(net.fc[1], nn.BatchNorm1d)
+    plain = build_model("zoo:vgg9_1d:width=16,bn=false", input_shape=FLAT, output_dim=10)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.modules())

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import xarray as xr
 from matplotlib.collections import QuadMesh
+from matplotlib.colors import LogNorm
 from matplotlib.contour import ContourSet
 
 from lossatlas.errors import UserInputError
-from lossatlas.store import COMPLETED
+from lossatlas.store import COMPLETED, open_surface
 from lossatlas.viz.compare import compare_figure, compare_stores
 from lossatlas.viz.plot import Levels, PlotKind, figure_1d, figure_2d, masked, parse_kinds, plot_store, shared_scale
 from tests.test_cli import run_cli
@@ -134,7 +135,7 @@ def test_compare_shares_one_colour_scale_and_identical_levels(tmp_path: Path) ->
     plt.close(fig)
     norm, lv = shared_scale([a.train_loss.values, 3 * a.train_loss.values])
     assert norm.vmax == pytest.approx(3 * float(a.train_loss.max())) and lv[-1] == norm.vmax
-    out = compare_stores(stores, tmp_path / "cmp.png", kind=PlotKind.surface3d)
+    [out] = compare_stores(stores, tmp_path / "cmp.png", kind=PlotKind.surface3d)
     assert out.stat().st_size > 1000
 
 
@@ -190,3 +191,163 @@ def test_cli_plot_compare_report_export(tmp_path: Path) -> None:
     _one_line_error(("report", str(tmp_path / "nope")), "does not exist")
     _one_line_error(("export", a, "--format", "vtp"), "vtu")
     _one_line_error(("export", a, "--format", "xyz"), "--format")
+
+
+def test_one_d_store_refuses_two_d_options_in_one_line(tmp_path: Path) -> None:
+    xr.Dataset({"train_loss": ("x", 1 + np.linspace(-1, 1, 5) ** 2)}, coords={"x": np.linspace(-1, 1, 5)},
+               attrs={"kind": "surface"}).to_zarr(tmp_path / "line.zarr", consolidated=False)
+    with pytest.raises(UserInputError, match=r"--kind, --vmin only apply to 2D stores; 'line.zarr' is a 1D curve"):
+        plot_store(tmp_path / "line.zarr", kinds=[PlotKind.heatmap], levels=Levels(vmin=0.5))
+    with pytest.raises(UserInputError, match=r"^--levels only applies"):
+        plot_store(tmp_path / "line.zarr", levels=Levels(scheme="li"))
+    assert [p.name for p in plot_store(tmp_path / "line.zarr", log=True, fmt="svg")] == ["line_1d.svg"]
+    _one_line_error(("plot", str(tmp_path / "line.zarr"), "--vlevel", "0.1"), "--vlevel only applies to 2D stores")
+
+
+def test_formats_png_pdf_svg(tmp_path: Path) -> None:
+    synthetic_store(tmp_path / "s.zarr", extra=False)
+    magic = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}
+    for fmt, head in magic.items():
+        [path] = plot_store(tmp_path / "s.zarr", tmp_path / fmt, metrics=["train_loss"], kinds=[PlotKind.contour],
+                            fmt=fmt)
+        assert path.name == f"s_train_loss_contour.{fmt}" and path.read_bytes().startswith(head)
+    with pytest.raises(UserInputError, match="--format must be one of png, pdf, svg"):
+        plot_store(tmp_path / "s.zarr", fmt="jpg")
+
+
+def test_level_presets_li_linear_log() -> None:
+    z = np.array([1e-4, 1e-2, 1.0, 3.0])  # a sharp minimum: the values span 30,000×
+    np.testing.assert_allclose(Levels(scheme="li").values(z), np.arange(0.1, 10 + 1e-12, 0.5))  # Li et al.
+    np.testing.assert_allclose(Levels(scheme="li", vmin=1, vlevel=1).values(z), np.arange(1.0, 10.5, 1.0))
+    np.testing.assert_allclose(Levels(scheme="linear").values(z), np.linspace(1e-4, 3.0, 30))
+    np.testing.assert_allclose(Levels(scheme="log").values(z), np.geomspace(1e-4, 3.0, 30))
+    np.testing.assert_allclose(Levels().values(z), np.geomspace(1e-4, 3.0, 30))  # auto: log for a wide range
+    np.testing.assert_allclose(Levels().values(np.array([1.0, 3.0])), np.linspace(1.0, 3.0, 30))  # narrow: linear
+    norm, _ = shared_scale([z])
+    assert isinstance(norm, LogNorm) and (norm.vmin, norm.vmax) == (1e-4, 3.0)  # colours follow the levels
+    # 30 linear levels leave one ring around a sharp minimum; log-spaced levels put half of them below 0.02
+    assert (Levels(scheme="linear").values(z) < 0.02).sum() == 1 and (Levels().values(z) < 0.02).sum() >= 15
+    with pytest.raises(UserInputError, match=r"--levels must be one of auto\|linear\|log\|li, got 'many'"):
+        Levels(scheme="many")
+
+
+def test_two_d_ticks_do_not_run_together(tmp_path: Path) -> None:
+    ds = synthetic_store(tmp_path / "s.zarr", nx=51, ny=7, extra=False)
+    ds = ds.assign_coords(x=np.linspace(-0.97, 1.03, 51))  # awkward bounds invite many long tick labels
+    for kind in PlotKind:
+        fig = figure_2d(ds, "train_loss", kind)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        lo, hi = sorted(ax.get_xlim())
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert 2 <= len(ticks) <= 6, (kind, ticks)
+        assert all(abs(t * 4 - round(t * 4)) < 1e-9 for t in ticks), ticks  # round steps (0.25, 0.5, 1)
+        plt.close(fig)
+
+
+def test_log_colour_bars_read_in_loss_units(tmp_path: Path) -> None:
+    synthetic_store(tmp_path / "a.zarr", bad=False, extra=False)
+    ds = synthetic_store(tmp_path / "b.zarr", bad=False, extra=False)
+    ds.assign(train_loss=ds.train_loss ** 8).to_zarr(tmp_path / "c.zarr", mode="w", consolidated=False)  # 1 … 1526
+    fig = compare_figure([tmp_path / "a.zarr", tmp_path / "c.zarr"], log=True)
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    assert labels == ["1", "10", "100", "1e+03"]  # values of the loss, at log10 positions 0..3
+    np.testing.assert_allclose(bar.get_yticks(), [0, 1, 2, 3])
+    assert "train_loss (log scale)" == bar.get_ylabel()
+    assert fig.get_suptitle() == "train_loss: shared colour scale 1 to 1526, 30 log-spaced levels"
+    plt.close(fig)
+    # without --log the auto levels are log-spaced (LogNorm) for this range: the same ticks, in value space
+    fig = compare_figure([tmp_path / "a.zarr", tmp_path / "c.zarr"])
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["1", "10", "100", "1e+03"]
+    np.testing.assert_allclose(bar.get_yticks(), [1, 10, 100, 1000])
+    plt.close(fig)
+    fig = figure_2d(open_surface(tmp_path / "c.zarr"), "train_loss", PlotKind.contour, log=True)
+    texts = [t.get_text() for t in fig.axes[0].texts]  # contour labels in loss units too
+    assert texts and all(float(t) >= 1 for t in texts)
+    plt.close(fig)
+
+
+def test_compare_titles_name_the_settings_that_differ(tmp_path: Path) -> None:
+    ckpt = "run/checkpoints/epoch_0004.safetensors"
+    synthetic_store(tmp_path / "eval.zarr", extra=False, bn="eval", checkpoint=ckpt)
+    synthetic_store(tmp_path / "rec.zarr", extra=False, bn="recompute", checkpoint=ckpt)
+    synthetic_store(tmp_path / "init.zarr", extra=False, bn="eval", checkpoint="run/checkpoints/epoch_0000.safetensors")
+    fig = compare_figure([tmp_path / f"{n}.zarr" for n in ("eval", "rec", "init")])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert titles == ["eval\ncheckpoint=epoch_0004.safetensors, bn=eval",
+                      "rec\ncheckpoint=epoch_0004.safetensors, bn=recompute",
+                      "init\ncheckpoint=epoch_0000.safetensors, bn=eval"]
+    plt.close(fig)
+    with pytest.raises(UserInputError, match=r"has no metric 'loss'; it has train_loss, train_accuracy, test_loss"):
+        compare_figure([tmp_path / "eval.zarr"], metric="loss")
+    # --kind repeatable (and comma-separated) as in plot: one file per kind
+    code, out, err = _invoke("compare", str(tmp_path / "eval.zarr"), str(tmp_path / "rec.zarr"), "--kind",
+                             "contour", "--kind", "heatmap", "--out", str(tmp_path / "cmp.pdf"))
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "cmp_contour.pdf"), str(tmp_path / "cmp_heatmap.pdf")]
+    assert all((tmp_path / f"cmp_{k}.pdf").read_bytes().startswith(b"%PDF") for k in ("contour", "heatmap"))
+
+
+def test_subset_plots_say_so_and_clip_their_bands(tmp_path: Path) -> None:
+    x = np.linspace(-1, 1, 9)
+    loss, acc = 0.01 + x**2, np.full(9, 0.99)
+    ds = xr.Dataset({"train_loss": ("x", loss), "train_loss_stderr": ("x", np.full(9, 0.1)),
+                     "train_accuracy": ("x", acc), "train_accuracy_stderr": ("x", np.full(9, 0.02))},
+                    coords={"x": x}, attrs={"kind": "surface", "model": "cnn", "subset": 0.1, "subset_seed": 0})
+    fig = figure_1d(ds)
+    ax, ax2 = fig.axes
+    assert ax.get_title() == "cnn [subset 10%]"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["train loss", "train loss 95% interval", "train accuracy", "train accuracy 95% interval"]
+    loss_band = np.concatenate([p.vertices[:, 1] for p in ax.collections[0].get_paths()])
+    acc_band = np.concatenate([p.vertices[:, 1] for p in ax2.collections[0].get_paths()])
+    assert loss_band.min() == 0.0 and np.isclose(loss_band.max(), loss.max() + 1.959963984540054 * 0.1)
+    assert acc_band.max() == 100.0 and np.isclose(acc_band.min(), 100 * (0.99 - 1.959963984540054 * 0.02))
+    plt.close(fig)
+    fig = figure_1d(ds, log=True)  # on a log axis the band stops at half the smallest loss, not at 0
+    band = np.concatenate([p.vertices[:, 1] for p in fig.axes[0].collections[0].get_paths()])
+    assert np.isclose(band.min(), 0.01 / 2)
+    plt.close(fig)
+    two_d = synthetic_store(tmp_path / "s.zarr", extra=False, subset=500, weights="untrained initialisation")
+    fig = figure_2d(two_d, "train_loss", PlotKind.heatmap)
+    assert fig.axes[0].get_title() == "train_loss [subset n=500, untrained weights]"
+    plt.close(fig)
+
+
+def test_plot_surface_is_oriented_like_the_cli_plots(tmp_path: Path) -> None:
+    """x to the right, y up, whatever the Dataset's dim order (xarray's own .plot() puts the first dim on y)."""
+    import lossatlas as la
+
+    ds = synthetic_store(tmp_path / "s.zarr", nx=9, ny=5, bad=False, extra=False)
+    for data in (ds, ds.transpose("y", "x")):
+        fig = la.plot_surface(data, kind="heatmap")
+        ax = fig.axes[0]
+        mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+        assert mesh.get_array().shape == (5, 9)  # rows follow y, columns follow x
+        np.testing.assert_allclose(mesh.get_array().reshape(5, 9), ds.train_loss.transpose("y", "x").values)
+        assert ax.get_xlim()[0] < -0.9 and ax.get_xlim()[1] > 0.9 and ax.get_ylim()[1] < 0.7  # x spans ±1, y ±0.5
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y")
+        plt.close(fig)
+    line = la.plot_surface(ds.isel(y=2).drop_vars("y"))
+    assert line.axes[0].get_xlabel() == "x"
+    plt.close(line)
+
+
+def test_compare_knows_reused_directions_span_the_same_plane(tmp_path: Path) -> None:
+    """A store made with ``directions=a.zarr`` records directions "given:…", its source "random": one plane."""
+    from lossatlas.directions import DirectionSpec
+    from lossatlas.landscape import surface
+    from tests.conftest import make_classification, mlp
+
+    data = make_classification()
+    a = surface(mlp(), data, x="-1:1:3", y="-1:1:3", out=tmp_path / "a.zarr")
+    b = surface(mlp(seed=1), data, x="-1:1:3", y="-1:1:3", directions=tmp_path / "a.zarr", out=tmp_path / "b.zarr")
+    surface(mlp(), data, x="-1:1:3", y="-1:1:3", directions=DirectionSpec(seed=4), out=tmp_path / "c.zarr")
+    fig = compare_figure([tmp_path / f"{n}.zarr" for n in "abc"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    sha_a, sha_b = a.attrs["checkpoint_sha256"][:8], b.attrs["checkpoint_sha256"][:8]
+    assert titles == [f"a\nsha256={sha_a}, directions=plane 1", f"b\nsha256={sha_b}, directions=plane 1",
+                      f"c\nsha256={sha_a}, directions=plane 2"]  # seed 0 vs 4 is what makes plane 2: not repeated
+    plt.close(fig)

@@ -90,9 +90,10 @@ def test_report_has_a_section_per_result_in_registry_order(run_dir: Path, tmp_pa
     titles = [s.title for s in sections]
     assert titles == ["1D loss curve: line.zarr", "2D loss surface: surface.zarr",
                       "Interpolation: interpolation.zarr", "Training: train"]
-    # 2D: 3D surface + one contour per metric (train/test loss and accuracy); 1D curves: one figure each
+    # 2D: 3D surface + one contour per metric (train/test loss and accuracy); 1D curves: one figure each;
+    # training: loss/accuracy, weight norms, weight histograms
     n_metrics = 4
-    assert [len(s.figures) for s in sections] == [1, 1 + n_metrics, 1, 1]
+    assert [len(s.figures) for s in sections] == [1, 1 + n_metrics, 1, 3]
     assert result.figures == sum(len(s.figures) for s in sections)
     page = (tmp_path / "r.html").read_text()
     assert page.count('class="plotly-graph-div"') == result.figures
@@ -230,13 +231,19 @@ def test_loss_contours_switch_to_log10_for_wide_ranges(tmp_path: Path) -> None:
 
     ds = synthetic_store(tmp_path / "s.zarr", bad=False, extra=False)
     narrow = map_2d(ds, "train_loss")
-    assert [b.label for b in narrow.layout.updatemenus[0].buttons] == ["linear", "log10"]
+    assert [b.label for b in narrow.layout.updatemenus[0].buttons] == ["linear", "log"]
     wide = ds.assign(train_loss=ds.train_loss ** 6)  # 1 … 4.2^6 ≫ LOG_RATIO
     assert float(wide.train_loss.max() / wide.train_loss.min()) > LOG_RATIO
     fig = map_2d(wide, "train_loss")
-    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["log10", "linear"]
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["log", "linear"]
     np.testing.assert_allclose(np.asarray(fig.data[0].z), np.log10(wide.train_loss.transpose("y", "x").values))
-    assert fig.data[0].colorbar.title.text == "log10 train loss"
+    assert fig.data[0].colorbar.title.text == "train loss (log scale)"
+    # the log colour bar (losses 1 … 244) is labelled in loss units: 1, 10, 100 at log10 positions 0, 1, 2
+    assert list(fig.data[0].colorbar.tickvals) == [0.0, 1.0, 2.0]
+    assert list(fig.data[0].colorbar.ticktext) == ["1", "10", "100"]
+    assert fig.data[0].contours.showlabels is False  # contour labels would be log10 values
+    linear = fig.layout.updatemenus[0].buttons[1].args[0]
+    assert linear["colorbar.tickvals"] == [None] and linear["contours.showlabels"] is True
     # hover still shows the loss itself, not its log
     np.testing.assert_allclose(np.asarray(fig.data[0].customdata)[..., 0], wide.train_loss.transpose("y", "x"))
     assert map_2d(ds, "train_accuracy").layout.updatemenus == ()
@@ -272,3 +279,68 @@ def test_a_new_file_in_sections_adds_a_section(tmp_path: Path, monkeypatch: pyte
     finally:
         for name in ("zz_newkind", "zz_broken"):
             sys.modules.pop(f"{sections.__name__}.{name}", None)
+
+
+def test_notes_for_untrained_subset_and_bn_recompute(tmp_path: Path) -> None:
+    from lossatlas.viz.describe import BN_RECOMPUTE_NOTE, UNTRAINED
+
+    synthetic_store(tmp_path / "run" / "u.zarr", extra=False, weights=UNTRAINED, subset=0.1, subset_seed=3)
+    synthetic_store(tmp_path / "run" / "r.zarr", extra=False, bn="recompute")
+    synthetic_store(tmp_path / "run" / "plain.zarr", extra=False)
+    page = build_report(tmp_path / "run", strict=True).path.read_text()
+    header = page.split("<nav>", 1)[0]
+    assert "untrained weights: <code>u.zarr</code> was computed without --checkpoint" in header
+    sections = {m.group(1): m.group(2) for m in re.finditer(r'<h2>[^<]*: ([a-z]+\.zarr)</h2>(.*?)</section>', page,
+                                                             re.S)}
+    notes = {name: re.findall(r'<p class="note">(.*?)</p>', body) for name, body in sections.items()}
+    assert notes["plain.zarr"] == []
+    assert notes["r.zarr"] == [html.escape(BN_RECOMPUTE_NOTE)]
+    assert [n.split(":")[0] for n in notes["u.zarr"]] == ["untrained weights", "evaluated on a subset of 10% of each "
+                                                                                "split (seed 3)"]
+    collected, _, _ = collect_sections(tmp_path / "run", strict=True)
+    titles = {s.source.name: [f.layout.title.text for f in s.figures] for s in collected}  # type: ignore[union-attr]
+    assert all("[subset 10%, untrained weights]" in t for t in titles["u.zarr"])
+    assert titles["r.zarr"][1] == "train loss [bn=recompute]" and titles["plain.zarr"][1] == "train loss"
+
+
+def test_one_d_bands_are_clipped_and_in_the_legend(tmp_path: Path) -> None:
+    from lossatlas.viz.report.figures import curves_1d
+
+    x = np.linspace(-1, 1, 11)
+    loss, acc = 0.01 + x**2, 0.98 - 0.1 * x**2
+    ds = xr.Dataset({"train_loss": ("x", loss), "train_loss_stderr": ("x", 0.1 + 0 * x),
+                     "train_accuracy": ("x", acc), "train_accuracy_stderr": ("x", 0.05 + 0 * x)},
+                    coords={"x": x})
+    fig = curves_1d(ds)
+    by_name = {t.name: t for t in fig.data if t.name}
+    band, acc_band = by_name["train loss 95% interval"], by_name["train accuracy 95% interval"]
+    assert band.showlegend and acc_band.showlegend and band.legendgroup == "train_loss"
+    z = 1.959963984540054
+    linear_lo = np.maximum(loss - z * 0.1, 0.0)  # on a linear axis a loss interval stops at 0
+    upper = fig.data[[t.name for t in fig.data].index("train accuracy 95% interval") - 1]
+    np.testing.assert_allclose(upper.y, np.minimum(100 * (acc + z * 0.05), 100.0))  # accuracy stops at 100%
+    np.testing.assert_allclose(acc_band.y, 100 * (acc - z * 0.05))
+    assert (linear_lo == 0).sum() == 5 and (np.asarray(upper.y) == 100).sum() > 0
+    # losses 0.01 … 1.01 span more than LOG_RATIO: the axis starts in log, where the band ends at half the
+    # smallest loss instead of at 0 (which a log axis cannot draw); the "linear loss" button puts back 0
+    assert fig.layout.yaxis.type == "log"
+    np.testing.assert_allclose(band.y, np.maximum(linear_lo, loss.min() / 2))
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["log loss", "linear loss"]
+    assert buttons[1].args[1] == {"yaxis.type": "linear"}
+    np.testing.assert_allclose(buttons[1].args[0]["y"][0], linear_lo)
+    assert list(buttons[1].args[2]) == [[t.name for t in fig.data].index("train loss 95% interval")]
+
+
+def test_hessian_extremes_get_their_own_axes() -> None:
+    """λ up to 1,400 on top and |λ| < 1 at the bottom: one linear axis would flatten the bottom to a line at 0."""
+    from lossatlas.viz.report.sections.hessian import _spectrum_figure
+
+    ds = xr.Dataset({"top_eigenvalues": ("top", [1419.0, 830.0]), "top_residuals": ("top", [1e-9, 1e-9]),
+                     "bottom_eigenvalues": ("bottom", [-0.4, 0.002, 0.01]),
+                     "bottom_residuals": ("bottom", [1e-9] * 3)})
+    fig = _spectrum_figure(ds)
+    assert fig is not None
+    top, bottom = fig.data
+    assert top.yaxis == "y" and bottom.yaxis == "y2" and list(bottom.y) == [-0.4, 0.002, 0.01]
+    assert [a.text for a in fig.layout.annotations][:2] == ["largest 2", "smallest 3"]

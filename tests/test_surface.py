@@ -9,13 +9,13 @@ import xarray as xr
 from torch import nn
 
 from lossatlas.directions import DirectionSpec
-from lossatlas.engine import EvalSpec, Evaluator
+from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.grid import Axis
 from lossatlas.landscape import interpolate, surface
-from lossatlas.params import add_scaled
+from lossatlas.params import add_scaled, parameters_of
 from lossatlas.store import COMPLETED, load_directions, open_surface, prepare_store
-from tests.conftest import bn_cnn, make_classification, mlp
+from tests.conftest import bn_cnn, make_classification, mlp, plain_metrics
 
 REQUIRED_ATTRS = ["lossatlas_version", "seed", "norm", "ignore", "bn", "model", "checkpoint_sha256", "data",
                   "created"]
@@ -43,10 +43,10 @@ def test_non_square_2d_grid_matches_pointwise_evaluation(tmp_path, blobs) -> Non
     assert ds.attrs["seed"] == 3 and ds.attrs["norm"] == "filter" and ds.attrs["bn"] == "eval"
     dirs = load_directions(tmp_path / "s.zarr")
     assert len(dirs) == 2 and list(dirs[0]) == [n for n, _ in net.named_parameters()]
-    ev = Evaluator(net, blobs, EvalSpec(batch_size=32))
+    theta = parameters_of(net)
     for i, j in [(0, 0), (4, 2), (1, 2), (3, 0)]:
-        point = add_scaled(ev.theta(), dirs, [float(ds.x[i]), float(ds.y[j])])
-        ref = ev.evaluate_one(point)
+        point = add_scaled(theta, dirs, [float(ds.x[i]), float(ds.y[j])])
+        ref = plain_metrics(net, point, blobs)
         for metric, value in ref.items():
             np.testing.assert_allclose(float(ds[metric][i, j]), value, rtol=1e-5)
 
@@ -125,3 +125,27 @@ def test_prepare_store_detects_foreign_directory(tmp_path) -> None:
     (tmp_path / "x.zarr").write_text("hello")
     with pytest.raises(UserInputError):
         prepare_store(tmp_path / "x.zarr", {"x": np.arange(3.0)}, ["train_loss"], {"config_hash": "a"}, {"x": 3})
+
+
+def test_interpolation_flags_extrapolated_nonpositive_bn_variances(tmp_path) -> None:
+    """Beyond α ∈ [0, 1] running variances extrapolate linearly; where one is ≤ 0 the value is meaningless (a loss of
+    exactly 0, inf or NaN): the store lists those α and the summary notes say so; --bn recompute does not need it."""
+    from lossatlas.landscape import nonpositive_variance
+    from lossatlas.viz.describe import notes
+
+    a, b = bn_cnn(seed=0), bn_cnn(seed=1)
+    with torch.no_grad():
+        b[1].running_var.copy_(a[1].running_var * 4)  # B's variance 4× A's: zero at α = −1/3
+    data = make_classification(image=True)
+    ds = interpolate(a, b, data, x="-1:2:13", out=tmp_path / "i.zarr")
+    alphas = ds.x.values
+    theta_a = {k: v for k, v in a.state_dict().items() if k.endswith("running_var")}
+    dirs = {k: b.state_dict()[k] - v for k, v in theta_a.items()}
+    expected = nonpositive_variance(theta_a, dirs, alphas)
+    ref = [any(bool(((1 - al) * theta_a[k] + al * b.state_dict()[k] <= 0).any()) for k in theta_a) for al in alphas]
+    assert expected.tolist() == ref
+    assert expected[:3].all() and not expected[4:9].any()  # α = -1, -0.75, -0.5 (< -1/3) flagged; [0, 1] never
+    np.testing.assert_array_equal(ds.attrs["nonpositive_variance_at"], alphas[expected])
+    assert any("running variance is <= 0" in n for n in notes(ds.attrs))
+    rec = interpolate(a, b, data, x="-1:2:13", out=tmp_path / "r.zarr", eval_spec=EvalSpec(bn="recompute"))
+    assert "nonpositive_variance_at" not in rec.attrs and np.isfinite(rec.train_loss.values).all()

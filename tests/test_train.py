@@ -59,7 +59,7 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path) -> None:
 
 
 def test_train_spec_validation_and_config_guard(tmp_path) -> None:
-    for kwargs, fragment in [({"epochs": -1}, "--epochs"), ({"lr": 0}, "--lr"), ({"optimizer": "rmsprop"},
+    for kwargs, fragment in [({"epochs": -1}, "--epochs"), ({"lr": 0}, "--lr"), ({"optimizer": "lbfgs"},
                              "--optimizer"), ({"momentum": 1.5}, "--momentum"), ({"save_every": 0}, "--save-every"),
                              ({"loss": "hinge"}, "unknown loss")]:
         with pytest.raises(UserInputError, match=fragment):

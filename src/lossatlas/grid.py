@@ -192,7 +192,7 @@ def run_grid(task: GridTask, axes: Mapping[str, np.ndarray], out: str | Path, at
             if progress:
                 progress(finished, total)
     ds = open_surface(out)
-    loss_vars = [v for v in ds.data_vars if str(v).endswith("_loss")]
+    loss_vars = [v for v in ds.data_vars if str(v).endswith("_loss") and ds[v].dims == tuple(axes)]
     nonfinite = int((~np.isfinite(np.stack([ds[v].values for v in loss_vars]))).any(axis=0).sum())
     update_attrs(out, status="complete", nonfinite_points=nonfinite)
     ds.attrs.update(status="complete", nonfinite_points=nonfinite)

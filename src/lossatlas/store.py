@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 COMPLETED = "completed"
 _DIRECTIONS = "directions"
+VARIABLES = "variables"
+"""Root attr: the data variables in the order they were created (zarr lists members in no fixed order)."""
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
 
@@ -55,6 +57,14 @@ def _open_attrs(path: Path) -> dict[str, Any] | None:
         return dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:  # noqa: BLE001 - anything unreadable is "not a lossatlas store"
         return None
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attrs of a store (provenance), without loading its arrays; a one-line error if unreadable."""
+    attrs = _open_attrs(Path(path))
+    if attrs is None:
+        raise UserInputError(f"'{path}' is not a readable lossatlas store")
+    return attrs
 
 
 def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: Sequence[str],
@@ -85,7 +95,7 @@ def prepare_store(path: str | Path, coords: Mapping[str, np.ndarray], metrics: S
     data_vars = {m: (dims, np.full(shape, np.nan)) for m in metrics}
     data_vars[COMPLETED] = (dims, np.zeros(shape, dtype=bool))
     ds = xr.Dataset(data_vars, coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
-                    attrs=dict(attrs))
+                    attrs={**attrs, VARIABLES: list(data_vars)})
     chunk_shape = tuple(chunks[d] for d in dims)
     encoding = {v: {"chunks": chunk_shape} for v in data_vars}
     ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False)
@@ -232,16 +242,47 @@ def load_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def variable_order(name: str) -> tuple[int, int, str]:
+    """Canonical order of a store's variables (stores written before ``attrs["variables"]``): losses and
+    accuracies train before test, then their ``_stderr``, then other maps, then ``completed``."""
+    if name == COMPLETED:
+        return (9, 0, name)
+    base = name.removesuffix("_stderr")
+    split = {"train": 0, "test": 2}.get(base.split("_", 1)[0], 4) + (base.endswith("_accuracy"))
+    if base.endswith(("_loss", "_accuracy")):
+        return (0 if base == name else 1, split, name)
+    return (2 if base == name else 3, 0, name)
+
+
+def in_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its data variables in creation order (``attrs["variables"]``, else :func:`variable_order`)."""
+    names = [str(v) for v in ds.data_vars]
+    recorded = [str(v) for v in ds.attrs.get(VARIABLES, []) if v in ds.data_vars]
+    rest = sorted((n for n in names if n not in recorded), key=variable_order)
+    order = recorded + rest
+    return ds if order == names else ds[order]
+
+
 def open_surface(path: str | Path) -> xr.Dataset:
-    """Open a lossatlas store as an (in-memory) xarray Dataset with coords ``x`` (and ``y``)."""
+    """Open a lossatlas store as an (in-memory) xarray Dataset with coords ``x`` (and ``y``).
+
+    Data variables come in the order they were created: metrics, their standard errors, other maps
+    (``lambda_max``, ...), then ``completed``.
+    """
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"store '{path}' does not exist; pass the --out of a lossatlas run")
     try:
         with xr.open_zarr(path, consolidated=False, chunks=None) as ds:  # numpy, not dask: 3× faster to load
-            return ds.load()
+            return in_order(ds.load())
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"'{path}' is not a readable lossatlas store ({type(exc).__name__})") from None
+
+
+def describe_model(model: nn.Module) -> str:
+    """What a model made in Python is called in provenance: ``"Sequential (1,234 parameters)"``."""
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} ({n:,} parameters)"
 
 
 def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping[str, Any],
@@ -259,7 +300,7 @@ def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping
         "lossatlas_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "model": prov.pop("model", type(model).__name__),
+        "model": prov.pop("model", None) or describe_model(model),
         "data": prov.pop("data", getattr(data, "name", "?")),
         "data_sha256": data.fingerprint(),
         "checkpoint_sha256": prov.pop("checkpoint_sha256", None) or tensors_sha256(model.state_dict()),
@@ -271,8 +312,9 @@ def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping
         **prov,
     }
     # what decides the numbers: contents (hashes), settings and specs, not versions, dates or how a path was typed
+    # ("weights" is a note beside checkpoint_sha256; "directions_from" a path beside the directions' hash)
     ignore_for_hash = {"created", "python_version", "torch_version", "lossatlas_version", "checkpoint",
-                       "checkpoint2"}
+                       "checkpoint2", "weights", "directions_from"}
     hashed = {k: (canonical_spec(v) if k in ("model", "data") else v) for k, v in attrs.items()
               if k not in ignore_for_hash}
     attrs["config_hash"] = config_hash(hashed)

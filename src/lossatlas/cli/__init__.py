@@ -10,7 +10,16 @@ import sys
 
 import typer
 
-from lossatlas.cli import demo, hessian, landscape, train, viz  # noqa: F401 - registers the commands
+from lossatlas.cli import (  # noqa: F401 - registers the commands
+    demo,
+    hessian,
+    landscape,
+    paths,
+    study,
+    train,
+    trajectory,
+    viz,
+)
 from lossatlas.cli.common import app, console, error_line
 from lossatlas.errors import UserInputError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,20 +28,23 @@ from lossatlas.cli.common import (
     app,
     check_device,
     load_problem,
+    out_console,
     progress_bar,
     summary,
     user_errors,
 )
+from lossatlas.directions import DirectionSpec
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.engine.subset import parse_subset
+from lossatlas.errors import UserInputError
 from lossatlas.execute import make_executor, parse_memory
 
 
 @app.command()
 @user_errors
 def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
-            x: Annotated[str, typer.Option("--x", metavar="MIN:MAX:N", help="Grid along the first direction.")
-                         ] = "-1:1:51",
+            x: Annotated[str | None, typer.Option("--x", metavar="MIN:MAX:N", help="Grid along the first direction "
+                                                  "(default -1:1:51; plane/pca: the models' extent).")] = None,
             y: Annotated[str | None, typer.Option("--y", metavar="MIN:MAX:N", help="Grid along a second direction "
                                                                                    "(2D).")] = None,
             checkpoint: CheckpointOpt = None,
@@ -51,30 +54,75 @@ def surface(model: ModelOpt, data: DataOpt, out: OutStoreOpt,
             seed: SeedOpt = 0, overwrite: OverwriteOpt = False, device: DeviceOpt = "cpu",
             workers: WorkersOpt = None, scheduler: SchedulerOpt = None, subset: SubsetOpt = None,
             memory: MemoryOpt = "1GiB",
-            directions: Annotated[DirectionKind, typer.Option(
-                "--directions", help="random (filter-normalised) or hessian (top Hessian eigenvectors).")
-            ] = DirectionKind.random,
+            directions: Annotated[str, typer.Option(
+                "--directions", metavar="SOURCE",
+                help="random (filter-normalised), hessian (top eigenvectors), plane:A,B,C (through three "
+                     "checkpoints, centred at A), pca:RUN_DIR (a run's PCA plane; uses --ignore) or STORE.zarr "
+                     "(reuse a stored run's directions).")
+            ] = DirectionKind.random.value,
             hessian: Annotated[bool, typer.Option(
                 "--hessian", help="Also store λmax, λmin and |λmin/λmax| at every point (convexity map).")
             ] = False) -> None:
     """A 1D or 2D loss surface around the model's weights along filter-normalised random directions."""
-    from lossatlas.directions import DirectionSpec
     from lossatlas.engine import EvalSpec
     from lossatlas.grid import Axis
     from lossatlas.landscape import surface as compute
 
-    x_axis, y_axis = Axis.parse(x, "--x"), (Axis.parse(y, "--y") if y is not None else None)
+    x_axis = Axis.parse(x, "--x") if x is not None else None
+    y_axis = Axis.parse(y, "--y") if y is not None else None
     dspec = DirectionSpec(norm=norm, ignore=ignore, seed=seed)
+    chosen = surface_directions(directions, dspec, checkpoint)
     espec = EvalSpec(loss=loss, batch_size=batch_size, bn=bn, subset=parse_subset(subset), subset_seed=seed,
                      memory_bytes=parse_memory(memory))
     with make_executor(workers, scheduler) as executor:  # first: a wrong --scheduler fails fast
-        dataset, net, provenance = load_problem(model, data, checkpoint)
+        from_models = directions.startswith(("plane:", "pca:"))  # centred at a checkpoint of their own
+        dataset, net, provenance = load_problem(model, data, checkpoint, warn_untrained=not from_models)
         with progress_bar("surface") as update:
             ds = compute(net, dataset, x=x_axis, y=y_axis, eval_spec=espec, out=out,
-                         directions=dspec if directions is DirectionKind.random else directions.value,
+                         directions=chosen,
                          overwrite=overwrite, provenance=provenance, progress=update, device=check_device(device),
                          executor=executor, hessian=hessian)
     summary(ds, out)
+    for line in anchor_lines(ds):
+        out_console.print(line)
+
+
+def anchor_lines(ds: Any) -> list[str]:
+    """One line per model a plane passes through (its coordinates, its loss as is / on the plane), or a PCA plane's
+    numbers (explained variance, |cos| of random directions, the path's losses)."""
+    if "path_x" in ds:
+        from lossatlas.paths.trajectory import summary_lines
+
+        return summary_lines(ds)
+    if "anchor_x" not in ds:
+        return []
+    names = ds.attrs.get("anchor_names", [])
+    return [f"{name} at ({float(ds.anchor_x[i]):.6g}, {float(ds.anchor_y[i]):.6g}): train loss "
+            f"{float(ds.anchor_train_loss[i]):.6g} (on the plane {float(ds.anchor_plane_train_loss[i]):.6g})"
+            for i, name in enumerate(names)]
+
+
+def surface_directions(text: str, dspec: Any, checkpoint: Path | None) -> Any:
+    """``--directions`` → what :func:`lossatlas.landscape.surface` takes; one-line errors for bad input."""
+    from lossatlas.directions import PlaneSpec
+    from lossatlas.paths.pca import PCASpec
+
+    if text == DirectionKind.random.value:
+        return dspec
+    if text == DirectionKind.hessian.value:
+        return text
+    if text.startswith(("plane:", "pca:")):
+        if checkpoint is not None:
+            raise UserInputError("--checkpoint does not apply to --directions plane:/pca: (the surface is centred at "
+                                 "model A / the run's last checkpoint); drop it")
+        return PlaneSpec.parse(text) if text.startswith("plane:") else PCASpec.parse(text, ignore=dspec.ignore,
+                                                                                      seed=dspec.seed)
+    from lossatlas.landscape import is_store_path
+
+    if is_store_path(text):  # a stored run: its directions, reused
+        return Path(text)
+    raise UserInputError(f"--directions must be random, hessian, plane:A,B,C, pca:RUN_DIR or a stored run "
+                         f"(STORE.zarr), got '{text}'")
 
 
 @app.command()

@@ -4,8 +4,11 @@ Lin, Saad & Yang 2016 ("Approximating spectral densities of large matrices"); ap
 by Ghorbani, Krishnan & Xiao 2019 ("An investigation into neural net optimization via Hessian eigenvalue
 density"). For a unit probe v, m Lanczos steps from v give a tridiagonal T = S diag(θ) Sᵀ; the nodes θⱼ
 with weights τⱼ = S₀ⱼ² are the m-point Gauss quadrature of the measure Σᵢ (vᵀuᵢ)² δ(t − λᵢ), exact for
-polynomials of degree ≤ 2m − 1. For a uniformly random unit v, E (vᵀuᵢ)² = 1/n, so averaging over probes
-estimates the spectral density φ(t) = (1/n) Σᵢ δ(t − λᵢ); each delta is smoothed by a Gaussian of width σ.
+polynomials of degree ≤ 2m − 1. Probes are normalised Rademacher vectors z/√n, z ∈ {±1}ⁿ (as in Ubaru, Chen
+& Saad 2017, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature"): E (vᵀuᵢ)² = ‖uᵢ‖²/n = 1/n, so
+averaging over probes estimates the spectral density φ(t) = (1/n) Σᵢ δ(t − λᵢ); each delta is smoothed by a
+Gaussian of width σ. For eigenvectors along the coordinate axes every probe gives weight exactly 1/n to each
+eigenvalue, so a diagonal Hessian's density and negative mass come out exact.
 
 Consequences checked by the tests: ∫φ = 1 (weights sum to one), ∫t φ ≈ tr(H)/n and ∫t² φ − σ² ≈ tr(H²)/n.
 The band is the probe-to-probe spread: mean ± 2 standard errors of the per-probe densities.
@@ -14,7 +17,7 @@ The band is the probe-to-probe spread: mean ± 2 standard errors of the per-prob
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,8 +106,10 @@ def lanczos_quadrature(matvec: Callable[[Tensor], Tensor], v: Tensor, steps: int
 
 def spectral_density(op: SymmetricOperator, *, probes: int = 5, steps: int = 80, bins: int = 100,
                      sigma: float | None = None, seed: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> SpectralDensity:
-    """SLQ density of ``op`` with ``probes`` Gaussian probes of ``steps`` Lanczos steps each.
+                     progress: Callable[[int, int], None] | None = None,
+                     finished: Sequence[tuple[Tensor, Tensor]] = (),
+                     on_probe: Callable[[list[tuple[Tensor, Tensor]]], None] | None = None) -> SpectralDensity:
+    """SLQ density of ``op`` with ``probes`` Rademacher probes of ``steps`` Lanczos steps each.
 
     Args:
         op: symmetric operator (``n``, ``device``, ``matvec``).
@@ -114,6 +119,9 @@ def spectral_density(op: SymmetricOperator, *, probes: int = 5, steps: int = 80,
         sigma: Gaussian width; default one grid spacing, with the grid spanning the nodes ± 6σ.
         seed: seed of the probes.
         progress: ``progress(products done, products planned)``.
+        finished: ``(nodes, weights)`` of the first probes from an interrupted run (as given to ``on_probe``); they
+            are not recomputed, and the result equals that of an uninterrupted run.
+        on_probe: called with the ``(nodes, weights)`` of every probe finished so far, after each probe.
     """
     if probes < 1 or steps < 1 or bins < 20:
         raise UserInputError(f"the density needs probes >= 1, steps >= 1 and bins >= 20; got "
@@ -121,7 +129,8 @@ def spectral_density(op: SymmetricOperator, *, probes: int = 5, steps: int = 80,
     if sigma is not None and not sigma > 0:
         raise UserInputError(f"--sigma must be positive, got {sigma}")
     generator = torch.Generator().manual_seed(seed)
-    planned, done = probes * min(steps, op.n), 0
+    kept = [(th.double().cpu(), tau.double().cpu()) for th, tau in finished][:probes]
+    planned, done = probes * min(steps, op.n), sum(th.numel() for th, _ in kept)  # a probe's products = its nodes
 
     def apply(v: Tensor) -> Tensor:
         nonlocal done
@@ -133,13 +142,22 @@ def spectral_density(op: SymmetricOperator, *, probes: int = 5, steps: int = 80,
     m = min(steps, op.n)
     nodes = torch.zeros(probes, m, dtype=torch.float64)
     weights = torch.zeros(probes, m, dtype=torch.float64)
+    if progress and kept:
+        progress(done, planned)
     for p in range(probes):
-        v = torch.randn(op.n, generator=generator, dtype=torch.float64).to(op.device)
-        th, tau = lanczos_quadrature(apply, v, steps)
-        nodes[p, :th.numel()] = th.cpu()
-        weights[p, :th.numel()] = tau.cpu()
+        v = (torch.randint(0, 2, (op.n,), generator=generator, dtype=torch.float64) * 2 - 1).to(op.device)
+        if p >= len(kept):  # the probes of an interrupted run are drawn again (same generator) but not recomputed
+            th, tau = lanczos_quadrature(apply, v, steps)
+            kept.append((th.cpu(), tau.cpu()))
+            if on_probe:
+                on_probe(list(kept))
+        th, tau = kept[p]
+        nodes[p, :th.numel()] = th
+        weights[p, :th.numel()] = tau
         if th.numel() < m:
-            nodes[p, th.numel():] = th[-1].cpu()  # weight 0: does not change any moment
+            nodes[p, th.numel():] = th[-1]  # weight 0: does not change any moment
+    if progress:  # probes whose Krylov space closed early used fewer products than planned: the phase is done
+        progress(done, done)
     lo, hi = float(nodes.min()), float(nodes.max())
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
     if sigma is None:

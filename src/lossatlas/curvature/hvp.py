@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from lossatlas.engine import EvalSpec, Evaluator, LossFn, batch_slices, sum_over_batches
+from lossatlas.engine.passes import CPU_PASS_FLOATS
 from lossatlas.errors import NonFiniteError, UserInputError
 from lossatlas.params import ParamDict, flatten, functional_forward, unflatten
 
@@ -152,6 +153,16 @@ class _Operator:
 
     __matmul__ = matvec
 
+    def matmat(self, vectors: Tensor) -> Tensor:
+        """H applied to every row of ``vectors`` ``(c, n)``: ``(c, n)`` float64, c products (batched as in
+        :meth:`dense`)."""
+        out = self._dense_columns(vectors.to(device=self.device, dtype=self.dtype))
+        self.hvp_count += int(vectors.shape[0])
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError("the Hessian-vector product is not finite at this point (NaN or inf loss); "
+                                 "analyse a point where the loss is finite")
+        return out
+
     def value_and_gradient(self) -> tuple[float, ParamDict]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -181,22 +192,49 @@ class _Operator:
                                  "(check the checkpoint, or lower the learning rate that produced it)")
         return value
 
-    def dense(self, chunk: int = 32, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        """The full ``(n, n)`` float64 Hessian from n products with basis vectors, ``chunk`` at a time."""
+    def dense_block(self) -> int:
+        """Columns per block of :meth:`dense` (the unit of progress, checkpoints and, on a GPU, of one vmapped pass)."""
+        return 32
+
+    def dense(self, chunk: int | None = None, progress: Callable[[int, int], None] | None = None, *,
+              columns: Tensor | None = None, on_block: Callable[[list[Tensor]], None] | None = None) -> Tensor:
+        """The full ``(n, n)`` float64 Hessian [H e₁, ..., H eₙ] from n products with basis vectors.
+
+        Args:
+            chunk: columns per block (default :meth:`dense_block`).
+            progress: ``progress(columns done, n)`` after every block.
+            columns: the first ``c`` rows of H from an interrupted build (``(c, n)``, c a multiple of the
+                block), so only the rest is computed; the result is the same as in one go.
+            on_block: called after every block with the list of row blocks so far (``torch.cat`` of it is the
+                first rows of H; for checkpoints).
+
+        Returns the symmetrised matrix ``(H + Hᵀ) / 2``; ``hvp_count`` grows by n.
+        """
         n = self.n
-        cols = []
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            basis = torch.zeros(stop - start, n, dtype=self.dtype, device=self.device)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            cols.append(self._dense_columns(basis))
+        chunk = chunk or self.dense_block()
+        rows = [columns.to(torch.float64)] if columns is not None and columns.shape[0] else []
+        start = int(rows[0].shape[0]) if rows else 0
+        if start % chunk and start != n:
+            raise ValueError(f"{start} saved columns are not a whole number of blocks of {chunk}")
+        if progress and start:
+            progress(start, n)
+        for lo in range(start, n, chunk):
+            hi = min(lo + chunk, n)
+            basis = torch.zeros(hi - lo, n, dtype=self.dtype, device=self.device)
+            basis[torch.arange(hi - lo), torch.arange(lo, hi)] = 1.0
+            rows.append(self._dense_columns(basis).to(torch.float64).cpu())
+            if on_block:
+                on_block(rows)
             if progress:
-                progress(stop, n)
-        self.hvp_count += n
-        h = torch.cat(cols, dim=0)
+                progress(hi, n)
+        self.hvp_count += n - start
+        h = torch.cat(rows).to(self.device)
+        if not bool(torch.isfinite(h).all()):
+            raise NonFiniteError("the Hessian is not finite at this point (NaN or inf loss); analyse a point where "
+                                 "the loss is finite")
         return (h + h.T) / 2
 
-    def _dense_columns(self, basis: Tensor) -> Tensor:
+    def _dense_columns(self, basis: Tensor, batched: bool | None = None) -> Tensor:
         """Rows H e_i for the rows e_i of ``basis`` ``(c, n)``, float64."""
         return torch.stack([flatten(self._hv_mean(self.to_dict(b))) for b in basis])
 
@@ -292,11 +330,51 @@ class HessianOperator(_Operator):
                                                         v), self.x, self.y, self.batch_size)
         return total, float(self.num_samples)
 
-    def _dense_columns(self, basis: Tensor) -> Tensor:
+    def columns_per_pass(self) -> int:
+        """Basis vectors that share one vmapped backward pass in :meth:`dense` (1: one after another).
+
+        On the CPU a pass is worth batching while its activations stay cache-sized (the engine's rule,
+        :data:`lossatlas.engine.passes.CPU_PASS_FLOATS`): measured on ~2,000-parameter models, a vmapped column
+        cost 0.1-0.7x a single product for MLPs and small batches but 1.8x for a BatchNorm CNN whose batch of
+        activations is larger. On a GPU, as many as the memory budget allows (at most 256).
+        """
+        per_sample = int(getattr(self.evaluator, "_per_sample", 0)) or 1
+        batch = min(self.batch_size, self.num_samples)
+        if self.device.type == "cpu":
+            return int(max(1, min(256, CPU_PASS_FLOATS // (per_sample * batch))))
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        per_column = itemsize * (8 * per_sample * batch + 4 * self.n)
+        return int(max(1, min(256, self.evaluator.spec.memory_bytes // max(per_column, 1))))
+
+    def dense_block(self) -> int:
+        """Columns per block of :meth:`dense`: at least 32 (the unit of progress and checkpoints), or a pass."""
+        return max(32, self.columns_per_pass())
+
+    def _dense_columns(self, basis: Tensor, batched: bool | None = None) -> Tensor:
+        """Σ over batches of H_batch e_i for the rows of ``basis`` ``(c, n)``, divided by N (float64).
+
+        With cached graphs each column is one backward sweep through each batch's stored ∇L graph, else a
+        forward-over-reverse product. Columns go through together in groups of :meth:`columns_per_pass`
+        (``vmap`` over the basis vectors), or one after another; ``batched`` forces one group or none.
+        """
+        per_pass = self.columns_per_pass() if batched is None else (basis.shape[0] if batched else 1)
+        groups = list(basis.split(max(per_pass, 1)))
+
+        def apply(one: Callable[[Tensor], Tensor]) -> Tensor:
+            return torch.cat([vmap(one)(g) if g.shape[0] > 1 else one(g[0])[None] for g in groups])
+
+        if self.cache:
+            total = torch.zeros(basis.shape[0], self.n, dtype=torch.float64, device=self.device)
+            for graph in self._batch_graphs():
+                def through(b: Tensor, graph: Callable[[ParamDict], tuple[ParamDict]] = graph) -> Tensor:
+                    return flatten(graph(self.to_dict(b))[0])
+                total += apply(through).double()
+            return total / self.num_samples
+
         def columns(xb: Tensor, yb: Tensor) -> Tensor:
-            def one(b: Tensor) -> Tensor:
+            def product(b: Tensor) -> Tensor:
                 return flatten(hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb, b))
-            return vmap(one)(basis)
+            return apply(product)
         return sum_over_batches(columns, self.x, self.y, self.batch_size) / self.num_samples
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:

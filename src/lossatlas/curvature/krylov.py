@@ -18,6 +18,10 @@ operator's device; the basis is float64 by default.
 Limitation shared by every single-vector Krylov method (ARPACK included): the certificate proves each
 returned pair accurate, not that no eigenvalue was skipped; a repeated eigenvalue is found once per
 Krylov space, and extra copies appear only after breakdowns or restarts.
+
+A run can be stopped and continued: :class:`LanczosState` (the basis, the products, the projected matrix,
+counters and the random generator) is handed to ``checkpoint`` at every consistent point (before each
+product), and ``lanczos(..., state=saved)`` continues from it to exactly the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +39,11 @@ from lossatlas.errors import UserInputError
 
 MatVec = Callable[[Tensor], Tensor]
 """A symmetric linear map on flat ``(n,)`` vectors."""
+
+LanczosProgress = Callable[[int, int, bool], None]
+"""``progress(matvecs, certified, finished)``: products so far, pairs meeting the certificate at the last check
+(of the k asked for), and whether the run has ended. There is no fixed total: a run stops when all k pairs
+are certified (or at ``max_matvecs``)."""
 
 
 class Which(str, Enum):
@@ -80,6 +90,59 @@ class LanczosResult:
     def all_converged(self) -> bool:
         """Whether every requested pair met the residual certificate."""
         return bool(self.converged.all())
+
+
+@dataclass(frozen=True)
+class LanczosState:
+    """Where a thick-restart Lanczos run stands before its next product (enough to continue it exactly).
+
+    Attributes:
+        V: ``(m + 1, n)`` basis; rows ``0..j`` are valid.
+        W: ``(m, n)`` stored products A V; rows ``0..j-1`` are valid.
+        T: ``(m, m)`` projected matrix Vᵀ A V; the leading ``j × j`` block is valid.
+        j: index of the next Lanczos vector to multiply.
+        matvecs, restarts: counters so far.
+        scale: largest |projection coefficient| seen (the breakdown test's scale).
+        rng: state of the random generator (``torch.Generator.get_state()``).
+        key: what the run computes (n, k, which, ncv, tol, eps, seed, dtype); a state only continues the same run.
+    """
+
+    V: Tensor
+    W: Tensor
+    T: Tensor
+    j: int
+    matvecs: int
+    restarts: int
+    scale: float
+    rng: Tensor
+    key: tuple[object, ...]
+
+    def compact(self) -> LanczosState:
+        """A copy holding only the valid rows (what a checkpoint needs to store), on the CPU."""
+        j = self.j
+        return LanczosState(V=self.V[:j + 1].cpu().clone(), W=self.W[:j].cpu().clone(),
+                            T=self.T[:j, :j].cpu().clone(), j=j, matvecs=self.matvecs, restarts=self.restarts,
+                            scale=self.scale, rng=self.rng.clone(), key=self.key)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain tensors and numbers (loadable with ``torch.load(weights_only=True)``); see :meth:`from_dict`."""
+        c = self.compact()
+        return {"V": c.V, "W": c.W, "T": c.T, "j": c.j, "matvecs": c.matvecs, "restarts": c.restarts,
+                "scale": c.scale, "rng": c.rng, "key": list(c.key)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LanczosState:
+        return cls(V=d["V"], W=d["W"], T=d["T"], j=int(d["j"]), matvecs=int(d["matvecs"]),
+                   restarts=int(d["restarts"]), scale=float(d["scale"]), rng=d["rng"], key=tuple(d["key"]))
+
+    def expanded(self, m: int, dtype: torch.dtype, device: torch.device) -> LanczosState:
+        """Full-size working arrays (``m + 1`` basis rows) from a :meth:`compact` state."""
+        n, j = self.V.shape[1], self.j
+        V = torch.zeros(m + 1, n, dtype=dtype, device=device)
+        W = torch.zeros(m, n, dtype=dtype, device=device)
+        T = torch.zeros(m, m, dtype=dtype, device=device)
+        V[:j + 1], W[:j], T[:j, :j] = self.V[:j + 1], self.W[:j], self.T[:j, :j]
+        return LanczosState(V, W, T, j, self.matvecs, self.restarts, self.scale, self.rng, self.key)
 
 
 def _order(theta: Tensor, which: Which, count: int) -> Tensor:
@@ -134,8 +197,9 @@ def _start_vector(v0: Tensor | Sequence[Tensor] | None, n: int, generator: torch
 def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.largest, *, tol: float = 1e-6,
             eps: float | None = None, ncv: int | None = None, max_matvecs: int = 1000,
             v0: Tensor | Sequence[Tensor] | None = None, seed: int = 0, dtype: torch.dtype = torch.float64,
-            device: str | torch.device | None = None, progress: Callable[[int, int], None] | None = None,
-            like: Mapping[str, Tensor] | None = None) -> LanczosResult:
+            device: str | torch.device | None = None, progress: LanczosProgress | None = None,
+            like: Mapping[str, Tensor] | None = None, state: LanczosState | None = None,
+            checkpoint: Callable[[LanczosState], None] | None = None) -> LanczosResult:
     """``k`` extreme eigenpairs of the symmetric operator ``matvec`` on R^n.
 
     Args:
@@ -151,9 +215,14 @@ def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.large
         v0: start vector, or several vectors (e.g. eigenvectors at a neighbouring point) to warm-start from.
         seed: seed of the random start (and of restarts after an invariant subspace is found).
         dtype, device: of the Krylov basis (float64 default; device default that of ``v0`` or CPU).
-        progress: called as ``progress(matvecs, max_matvecs)`` after every product.
+        progress: :data:`LanczosProgress`, called after every product and once more when the run ends.
         like: a parameter dict whose key order and shapes define the flat vectors; the eigenvectors are then
             also returned as dicts (``LanczosResult.eigenvectors``).
+        state: a :class:`LanczosState` of this same run (from ``checkpoint``) to continue from; the result is
+            then identical to that of an uninterrupted run.
+        checkpoint: called with the current :class:`LanczosState` before every product (a consistent point:
+            the arrays are only written beyond its valid rows until the next call). It may keep a reference
+            and store ``state.compact()`` whenever it likes, e.g. after a ``KeyboardInterrupt``.
 
     Returns:
         :class:`LanczosResult`.
@@ -171,21 +240,30 @@ def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.large
     generator = torch.Generator().manual_seed(seed)
     m = min(n, max(ncv or max(2 * k + 1, 20), k + 2))
     min_steps = min(m, max(2 * k + 2, 8))  # certificates are checked at every step from here on
-    V = torch.zeros(m + 1, n, dtype=dtype, device=device)
-    W = torch.zeros(m, n, dtype=dtype, device=device)
-    T = torch.zeros(m, m, dtype=dtype, device=device)
-    V[0] = _start_vector(v0, n, generator, dtype, device)
-    j, matvecs, restarts, scale = 0, 0, 0, 0.0
+    key = (n, k, which.value, m, tol, eps, seed, str(dtype))
+    if state is None:
+        V = torch.zeros(m + 1, n, dtype=dtype, device=device)
+        V[0] = _start_vector(v0, n, generator, dtype, device)
+        st = LanczosState(V, torch.zeros(m, n, dtype=dtype, device=device),
+                          torch.zeros(m, m, dtype=dtype, device=device), 0, 0, 0, 0.0, generator.get_state(), key)
+    else:
+        if tuple(state.key) != key:
+            raise ValueError(f"the saved Lanczos state belongs to another run ({state.key} != {key})")
+        st = state.expanded(m, dtype, device)
+        generator.set_state(st.rng)
+    certified = 0
     while True:
+        # a consistent point: V[:j+1], W[:j], T[:j, :j] and the counters describe the run so far
+        if checkpoint:
+            checkpoint(st)
+        V, W, T, j = st.V, st.W, st.T, st.j
         w = matvec(V[j]).to(device=device, dtype=dtype)
-        matvecs += 1
-        if progress:
-            progress(matvecs, max_matvecs)
+        matvecs = st.matvecs + 1
         W[j] = w
         r, h = _orthogonalise(w, V[:j + 1])
         T[:j + 1, j] = h
         T[j, :j + 1] = h
-        scale = max(scale, float(h.abs().max()))
+        scale = max(st.scale, float(h.abs().max()))
         size = j + 1
         if size < n:
             beta = float(r.norm())
@@ -196,31 +274,35 @@ def lanczos(matvec: MatVec, n: int, k: int = 1, which: Which | str = Which.large
                 beta = float(r.norm())
             V[j + 1] = r / beta
         stop = size == n or matvecs >= max_matvecs  # a full basis makes Rayleigh–Ritz exact
+        ritz = None
         if size >= min_steps or size == m or stop:
             ritz = _rayleigh_ritz(T, V, W, size, which, k, tol, eps)
-            if stop or ritz.done:
-                break
+            certified = int(ritz.converged.sum())
+        if progress:
+            progress(matvecs, certified, False)
+        if ritz is not None and (stop or ritz.done):
+            break
         if size < m:
-            j += 1
+            st = LanczosState(V, W, T, j + 1, matvecs, st.restarts, scale, generator.get_state(), key)
             continue
         # thick restart: keep the p most wanted Ritz vectors and continue from the last Lanczos vector
+        assert ritz is not None
         p = min(m - 1, k + max((m - k) // 2, 1))
         kept = ritz.order[:p]
-        v_new, w_new = ritz.S[:, kept].T @ V[:m], ritz.S[:, kept].T @ W[:m]
-        last = V[m].clone()
-        V.zero_()
-        W.zero_()
-        T.zero_()
-        V[:p], W[:p] = v_new, w_new
-        T[torch.arange(p), torch.arange(p)] = ritz.theta[kept]
-        V[p] = last
-        j, restarts = p, restarts + 1
+        V2, W2, T2 = torch.zeros_like(V), torch.zeros_like(W), torch.zeros_like(T)
+        V2[:p], W2[:p] = ritz.S[:, kept].T @ V[:m], ritz.S[:, kept].T @ W[:m]
+        T2[torch.arange(p), torch.arange(p)] = ritz.theta[kept]
+        V2[p] = V[m]
+        st = LanczosState(V2, W2, T2, p, matvecs, st.restarts + 1, scale, generator.get_state(), key)
+    if progress:
+        progress(matvecs, certified, True)
+    assert ritz is not None
     out = _output_order(ritz.values, which)
     vectors = ritz.Y[out]
     dicts = tuple(_as_named(v, like) for v in vectors) if like is not None else ()
     return LanczosResult(eigenvalues=ritz.values[out].double().cpu(), residuals=ritz.residuals[out].double().cpu(),
                          converged=ritz.converged[out].cpu(), vectors=vectors, matvecs=matvecs,
-                         restarts=restarts, which=which, tol=tol, eps=ritz.floor, eigenvectors=dicts)
+                         restarts=st.restarts, which=which, tol=tol, eps=ritz.floor, eigenvectors=dicts)
 
 
 def _as_named(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -262,4 +344,4 @@ def _rayleigh_ritz(T: Tensor, V: Tensor, W: Tensor, size: int, which: Which, k: 
     return _Ritz(theta, S, order, theta[wanted], Y, residuals, converged, floor)
 
 
-__all__ = ["LanczosResult", "MatVec", "Which", "lanczos"]
+__all__ = ["LanczosProgress", "LanczosResult", "LanczosState", "MatVec", "Which", "lanczos"]

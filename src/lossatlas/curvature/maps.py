@@ -9,15 +9,19 @@ curvature in the plot implies negative eigenvalues of the full Hessian (seed 002
 ``lambda_max``, ``lambda_min``, ``convexity_ratio``, ``hessian_converged`` and ``hessian_matvecs`` for each
 point of a work unit, so the same executors, store and resume machinery fill a convexity map. Lanczos
 at a point starts from the eigenvectors found at the previous point of the unit (its grid neighbour).
+A point whose run used up ``max_matvecs`` without certifying both extremes keeps its last Ritz values but has
+``hessian_converged = 0``; the store counts them in ``attrs["hessian_unconverged"]`` and every view marks them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
 from lossatlas.curvature.hvp import HessianOperator, as_dtype
@@ -111,6 +115,24 @@ class CurvatureTask(PointTask):
         return values
 
 
+def unconverged_points(ds: xr.Dataset) -> int:
+    """Grid points whose Lanczos run ended without certifying λmin and λmax (``hessian_converged == 0``);
+    points never analysed (a non-finite loss: NaN) are counted as non-finite points, not here."""
+    if "hessian_converged" not in ds:
+        return 0
+    return int((np.asarray(ds["hessian_converged"].values) == 0).sum())
+
+
+def record_unconverged(out: str | Path, ds: xr.Dataset) -> xr.Dataset:
+    """Store ``attrs["hessian_unconverged"]`` (:func:`unconverged_points`) in the store at ``out`` and in ``ds``."""
+    from lossatlas.store import update_attrs
+
+    count = unconverged_points(ds)
+    update_attrs(out, hessian_unconverged=count)
+    ds.attrs["hessian_unconverged"] = count
+    return ds
+
+
 def _fix_sign(v: Tensor) -> Tensor:
     """Eigenvectors are defined up to sign: make the entry of largest magnitude positive."""
     return v if float(v[int(v.abs().argmax())]) >= 0 else -v
@@ -138,4 +160,5 @@ def hessian_directions(evaluator: Evaluator, theta: Mapping[str, Tensor], count:
     return dirs, res.eigenvalues.tolist()
 
 
-__all__ = ["CONVEXITY_METRICS", "ConvexitySpec", "CurvatureTask", "convexity_ratio", "hessian_directions"]
+__all__ = ["CONVEXITY_METRICS", "ConvexitySpec", "CurvatureTask", "convexity_ratio", "hessian_directions",
+           "record_unconverged", "unconverged_points"]

@@ -131,8 +131,11 @@ class ShardedHessianOperator(HessianOperator):
                 total[k] += part[k].to(total[k].device)
         return total, float(self.num_samples)
 
-    def _dense_columns(self, basis: Tensor) -> Tensor:
+    def _dense_columns(self, basis: Tensor, batched: bool | None = None) -> Tensor:
         return _Operator._dense_columns(self, basis)
+
+    def dense_block(self) -> int:
+        return 32
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:
         """``(L(θ), ∇L(θ))`` summed over the shards on the workers (float64)."""

@@ -116,8 +116,10 @@ def recompute_statistics(model: nn.Module, point: Mapping[str, Tensor], buffers:
     for name in _execution_order(model, point, out, x):
         prefix = f"{name}." if name else ""
         layer = layers[name]
-        m = sum_over_batches(lambda xb, _yb, layer=layer: _channel_moments(model, layer, point, out, xb),  # type: ignore[misc]
-                             x, y, batch_size)
+        def moments(xb: Tensor, _yb: Tensor, layer: nn.Module = layer) -> dict[str, Tensor]:
+            return _channel_moments(model, layer, point, out, xb)
+
+        m = sum_over_batches(moments, x, y, batch_size)
         n = counts[prefix] = float(m["n"])
         mean = m["s1"] / n
         dtype = out[prefix + "running_mean"].dtype

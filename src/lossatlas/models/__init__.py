@@ -1,5 +1,5 @@
-"""Models: the zoo (mlp, cnn1d, bncnn, resnet20/56/110, wrn, vgg9, densenet, linear, two_layer) and the
-``--model SPEC`` loader for ``zoo:NAME[:key=value,...]``, ``path/to/file.py:function`` and
+"""Models: the zoo (mlp, cnn1d, bncnn, resnet20/56/110, wrn, vgg9, densenet, linear, two_layer, logistic, gru,
+lstm, vgg9_1d) and the ``--model SPEC`` loader for ``zoo:NAME[:key=value,...]``, ``path/to/file.py:function`` and
 ``package.module:function``.
 """
 

@@ -5,15 +5,20 @@ parameters after those two *are* its zoo keys, and their type hints say how a ke
 ``bool`` (true/false, yes/no, 1/0), ``int``, ``float``, ``str``, or ``tuple[int, ...]`` written with ``-``
 (``widths=256-256``; an empty value is the empty tuple). The small models live here:
 
-* ``mlp``: fully connected net on the flattened input (the MLP of Greydanus 2020's MNIST-1D benchmarks,
-  with configurable widths and activation; ``quadratic`` is sigma(z) = z**2, the activation of
-  Du & Lee 2018 / Soltanolkotabi et al. 2019).
+* ``mlp``: fully connected net on the flattened input, with configurable widths and activation
+  (``quadratic`` is sigma(z) = z**2, the activation of Du & Lee 2018 / Soltanolkotabi et al. 2019);
+  ``residual=true`` adds h <- h + act(W h) around every hidden layer whose width is kept, which with the
+  default widths 100-100 is the MLP of Greydanus 2020's MNIST-1D benchmarks (``MLPBase``).
+* ``logistic``: multinomial logistic regression, one linear map with bias to the class logits (Greydanus
+  2020's ``LinearBase``, the "logistic regression" column of the MNIST-1D benchmark table).
 * ``cnn1d``: the MNIST-1D CNN of Greydanus 2020 ("Scaling down Deep Learning", ``ConvBase``).
 * ``bncnn``: a 4-conv BatchNorm CNN (Ioffe & Szegedy 2015) for quick image experiments.
 * ``linear``: a deep linear network x -> W_L ... W_1 x (Saxe et al. 2014; Kawaguchi 2016).
 * ``two_layer``: x -> a^T sigma(W x), the one-hidden-layer nets of Safran & Shamir 2018.
+* ``cnn1``: one convolution + linear layer, the CNN-1 that Zhang et al. 2017 convexify (``ccnn.py``).
 
-The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``) live in their own files.
+The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``; ``vgg9_1d``: VGG-9 for 1-D signals) and
+the recurrent ones (``gru``, ``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) live in their own files.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import torch
 from torch import nn
 
 from lossatlas.errors import UserInputError
+from lossatlas.models.ccnn import cnn1
 from lossatlas.models.densenet import densenet
+from lossatlas.models.recurrent import gru, lstm
 from lossatlas.models.resnet import image_channels, require_positive, resnet20, resnet56, resnet110, wrn
-from lossatlas.models.vgg import vgg9
+from lossatlas.models.vgg import vgg9, vgg9_1d
 from lossatlas.specs import Spec, parse_options, parse_spec, typed_options
 
 
@@ -90,6 +97,27 @@ class MLP(nn.Module):
         return self.layers(self.flatten(x))
 
 
+class ResidualMLP(nn.Module):
+    """Greydanus 2020's ``MLPBase`` generalised: ``h1 = act(W1 x)``, then for each further hidden layer
+    ``h <- h + act(W h)`` when it keeps the width (``act(W h)`` otherwise), then a linear read-out.
+
+    Linear maps are ``layers.0, layers.1, ...``. Input (N, *input_shape) -> output (N, sizes[-1]).
+    """
+
+    def __init__(self, sizes: Sequence[int], *, activation: str, bias: bool) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.activation = make_activation(activation, "mlp")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.flatten(x)
+        for index, layer in enumerate(self.layers[:-1]):
+            out = self.activation(layer(h))
+            h = h + out if index > 0 and out.shape == h.shape else out
+        return self.layers[-1](h)
+
+
 def mlp(
     *,
     input_shape: tuple[int, ...],
@@ -97,11 +125,25 @@ def mlp(
     widths: tuple[int, ...] = (100, 100),
     activation: str = "relu",
     bias: bool = True,
+    residual: bool = False,
 ) -> nn.Module:
-    """Multilayer perceptron on the flattened input; ``widths=256-256`` on (40,) and 10 is 40-256-256-10."""
+    """Multilayer perceptron on the flattened input; ``widths=256-256`` on (40,) and 10 is 40-256-256-10.
+
+    ``residual=true`` is Greydanus 2020's MNIST-1D MLP (skip connections around width-preserving hidden layers).
+    """
     make_activation(activation, "mlp")
     sizes = (math.prod(input_shape), *_widths(widths, "widths", "mlp"), output_dim)
+    if residual:
+        return ResidualMLP(sizes, activation=activation, bias=bias)
     return MLP(sizes, activation=activation, bias=bias, model="mlp")
+
+
+def logistic(*, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
+    """Multinomial logistic regression: flatten, one ``Linear(in, classes)`` with bias (``layers.0``).
+
+    With the cross-entropy loss this is the convex model of Greydanus 2020's "logistic regression" baseline.
+    """
+    return MLP((math.prod(input_shape), output_dim), activation=None, bias=True, model="logistic")
 
 
 def deep_linear(
@@ -267,6 +309,11 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "densenet": densenet,
     "linear": deep_linear,
     "two_layer": two_layer,
+    "logistic": logistic,
+    "gru": gru,
+    "lstm": lstm,
+    "vgg9_1d": vgg9_1d,
+    "cnn1": cnn1,
 }
 
 

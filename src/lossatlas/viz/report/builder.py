@@ -185,19 +185,28 @@ def render_html(run_dir: Path, sections: list[Section], provenance: Mapping[str,
     """The full page (plotly.js inlined once); returns ``(html, number of figures)``."""
     from plotly.offline import get_plotlyjs
 
+    from lossatlas.viz.describe import notes, untrained
+
     body, toc, n_fig = [], [], 0
+    untrained_sources = []
     for i, sec in enumerate(sections):
         anchor = f"sec-{i}"
         toc.append(f'<li><a href="#{anchor}">{esc(sec.title)}</a></li>')
         figs = []
-        for fig in sec.figures:
-            wide = " wide" if any(t.type in ("surface", "mesh3d") for t in fig.data) else ""
-            figs.append(f'<div class="fig{wide}">{_figure_html(fig, f"fig-{n_fig}")}</div>')
+        wide = [any(t.type in ("surface", "mesh3d") for t in fig.data) for fig in sec.figures]
+        for fig, is_wide in zip(sec.figures, wide, strict=True):
+            figs.append(f'<div class="fig{" wide" if is_wide else ""}">{_figure_html(fig, f"fig-{n_fig}")}</div>')
             n_fig += 1
-        source = (f'<p class="source">from <code>{esc(_rel(sec.source, run_dir))}</code></p>'
-                  if sec.source else "")
+        rel = _rel(sec.source, run_dir) if sec.source else ""
+        attrs = provenance.get(rel, {}) if sec.source else {}
+        if untrained(attrs):
+            untrained_sources.append(rel)
+        source = f'<p class="source">from <code>{esc(rel)}</code></p>' if sec.source else ""
+        source += "".join(f'<p class="note">{esc(n)}</p>' for n in notes(attrs))
+        # one column when a single half-width figure would otherwise leave the other half empty
+        columns = " one" if sum(not w for w in wide) <= 1 else ""
         body.append(f'<section class="la-section" id="{anchor}"><h2>{esc(sec.title)}</h2>{source}'
-                    f'{sec.html}<div class="figs">{"".join(figs)}</div></section>')
+                    f'{sec.html}<div class="figs{columns}">{"".join(figs)}</div></section>')
     toc.append('<li><a href="#provenance">Provenance</a></li>')
     issues = ""
     if problems:
@@ -213,11 +222,13 @@ def render_html(run_dir: Path, sections: list[Section], provenance: Mapping[str,
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <title>{esc(heading)}</title>
 <style>{_CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
+<script type="text/javascript">{get_plotlyjs()}
+{_RESIZE_JS}</script>
 </head><body>
 <header><h1>{esc(heading)}</h1>
 <p class="meta">run directory <code>{esc(run_dir)}</code> · generated {esc(created)}
 by lossatlas {esc(__version__)} · {len(sections)} sections · {n_fig} figures</p>
+{_untrained_banner(untrained_sources)}
 <nav><ol>{"".join(toc)}</ol></nav></header>
 <main>{issues}{"".join(body)}
 <section class="la-section" id="provenance"><h2>Provenance</h2>
@@ -226,6 +237,14 @@ by lossatlas {esc(__version__)} · {len(sections)} sections · {n_fig} figures</
 </body></html>
 """
     return page, n_fig
+
+
+def _untrained_banner(sources: list[str]) -> str:
+    if not sources:
+        return ""
+    names = ", ".join(f"<code>{esc(s)}</code>" for s in sources)
+    return (f'<p class="note">untrained weights: {names} '
+            f'{"was" if len(sources) == 1 else "were"} computed without --checkpoint (random initialisation)</p>')
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, title: str | None = None,
@@ -266,6 +285,20 @@ def iter_figures(sections: list[Section]) -> Iterator[Any]:
 _CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
         "img-src data: blob:; font-src data:; worker-src blob:")
 
+# plotly's "responsive" config follows window resizes only; a figure drawn before its grid neighbours were parsed
+# keeps the width it saw then (a lone first figure spans the whole row). Resize every figure to its box whenever
+# the box changes, from the moment the page is parsed.
+_RESIZE_JS = """document.addEventListener('DOMContentLoaded', function () {
+  if (!window.ResizeObserver || !window.Plotly) { return; }
+  var observer = new ResizeObserver(function (entries) {
+    entries.forEach(function (entry) {
+      var gd = entry.target, layout = gd._fullLayout;
+      if (layout && Math.abs(layout.width - entry.contentRect.width) > 1) { Plotly.Plots.resize(gd); }
+    });
+  });
+  document.querySelectorAll('.js-plotly-plot').forEach(function (gd) { observer.observe(gd); });
+});"""
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2933;
 background:#f6f7f9}
@@ -275,8 +308,11 @@ h1{font-size:1.5rem;margin:0 0 4px}h2{font-size:1.2rem;margin:0 0 6px}
 nav ol{padding-left:22px;margin:8px 0 0;font-size:.9rem;columns:2 320px}
 main{max-width:1280px;margin:0 auto;padding:16px 32px}
 .la-section{background:#fff;border:1px solid #d9dee4;border-radius:6px;padding:16px 20px;margin:16px 0}
-.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
+.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:12px}
+.figs.one{grid-template-columns:minmax(0,1fr)}
+@media (max-width:1100px){.figs{grid-template-columns:minmax(0,1fr)}}
 .fig{min-width:0}.fig.wide{grid-column:1/-1}
+.note{background:#fff8e1;border-left:4px solid #f0b429;padding:4px 10px;margin:4px 0;font-size:.85rem}
 table{border-collapse:collapse;font-size:.85rem;margin:6px 0}
 th,td{border-bottom:1px solid #e4e7eb;padding:3px 10px;text-align:left;vertical-align:top}
 th{color:#323f4b;font-weight:600;white-space:nowrap}

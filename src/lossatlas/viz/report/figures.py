@@ -7,7 +7,9 @@ Conventions (what a store may hold; everything is optional except ``x``):
 * ``<metric>_stderr``: the standard error of ``<metric>`` (subset evaluation); shown as a band in 1D,
   as ``± stderr`` in the hover text and as its own panel in 2D;
 * ``path_x``, ``path_y`` on one other dimension (e.g. ``step``): a path drawn over the contour plots
-  (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7).
+  (e.g. an optimiser trajectory projected onto the plane, Li et al. 2018 Sec. 7);
+* ``anchor_x``, ``anchor_y`` (names in ``attrs["anchor_names"]``): named points marked on the contour plots
+  (e.g. the three models a plane passes through, Garipov et al. 2018).
 
 Non-finite values (diverged points) are masked (NaN → gaps/holes), never plotted as numbers. Every
 string that ends up in a title, label or hover text passes through
@@ -24,6 +26,7 @@ import xarray as xr
 
 from lossatlas.engine.subset import Z95
 from lossatlas.store import COMPLETED
+from lossatlas.viz.describe import log_ticks, titled
 from lossatlas.viz.report.registry import esc, plotly_text
 
 TEMPLATE = "plotly_white"
@@ -136,12 +139,26 @@ def surface_3d(ds: xr.Dataset, title: str = "") -> go.Figure:
 
 
 def _path_traces(ds: xr.Dataset) -> list[go.Scatter]:
-    if "path_x" not in ds.data_vars or "path_y" not in ds.data_vars:
-        return []
-    px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
-    return [go.Scatter(x=px, y=py, mode="lines+markers", name="path", line={"color": "#d62728", "width": 2},
-                       marker={"size": 4},
-                       hovertemplate="path<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>")]
+    """The stored path (``path_x``, ``path_y``; labelled by its ``step`` coordinate, e.g. the epoch) and anchor
+    points (``anchor_x``, ``anchor_y`` named by ``attrs["anchor_names"]``, e.g. the models A, B, C of a plane)."""
+    traces = []
+    if "path_x" in ds.data_vars and "path_y" in ds.data_vars:
+        px, py = finite(ds["path_x"].values.ravel()), finite(ds["path_y"].values.ravel())
+        dim = ds["path_x"].dims[0] if ds["path_x"].dims else ""
+        text = [plotly_text(f"{dim} {v}") for v in ds[dim].values] if dim in ds.coords else None
+        traces.append(go.Scatter(x=px, y=py, mode="lines+markers", name="path", text=text,
+                                 line={"color": "#d62728", "width": 2}, marker={"size": 5},
+                                 hovertemplate="path" + ("<br>%{text}" if text else "")
+                                               + "<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>"))
+    if "anchor_x" in ds.data_vars and "anchor_y" in ds.data_vars:
+        ax, ay = finite(ds["anchor_x"].values.ravel()), finite(ds["anchor_y"].values.ravel())
+        names = [plotly_text(n) for n in ds.attrs.get("anchor_names", [])]
+        names = names if len(names) == len(ax) else [str(i) for i in range(len(ax))]
+        traces.append(go.Scatter(x=ax, y=ay, mode="markers+text", name="models", text=names,
+                                 textposition="top center", textfont={"color": "white", "size": 13},
+                                 marker={"size": 10, "color": "white", "line": {"color": "black", "width": 1.5}},
+                                 hovertemplate="%{text}<br>x = %{x:.4g}<br>y = %{y:.4g}<extra></extra>"))
+    return traces
 
 
 def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
@@ -156,24 +173,33 @@ def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
     x, y = ds["x"].values, ds["y"].values
     menus: list[dict] = []
     if _is_metric(name):
-        shown, title_text = z, label(name)
+        # (button, z, colour-bar title, tick positions, tick labels, contour labels)
+        choices: list[tuple[str, np.ndarray, str, list | None, list | None, bool]] = [
+            ("linear", z, label(name), None, None, True)]
         if name.endswith("_loss"):
             with np.errstate(divide="ignore", invalid="ignore"):
                 zlog = finite(np.log10(z))
-            choices = [("linear", z, label(name)), ("log10", zlog, f"log10 {label(name)}")]
-            pos = z[np.isfinite(z) & (z > 0)]
-            if pos.size and pos.max() / pos.min() > LOG_RATIO:  # wide range: levels near the minimum
+            ok = zlog[np.isfinite(zlog)]
+            ticks = log_ticks(float(ok.min()), float(ok.max())) if ok.size else ([], [])
+            # log scale: contours in log10, colour bar labelled in loss units (no log10 values to decode)
+            choices.append(("log", zlog, f"{label(name)} (log scale)", ticks[0], ticks[1], False))
+            # wide range (pooled over every loss of the store, so that its panels agree): levels near the minimum
+            pooled = np.concatenate([_yx(ds, n).ravel() for n in names if n.endswith("_loss")])
+            pos = pooled[np.isfinite(pooled) & (pooled > 0)]
+            if pos.size and pos.max() / pos.min() > LOG_RATIO:
                 choices.reverse()
-            _, shown, title_text = choices[0]
             menus = [{"buttons": [{"label": lab, "method": "restyle",
-                                   "args": [{"z": [zz], "colorbar.title.text": t}, [0]]}
-                                  for lab, zz, t in choices],
+                                   "args": [{"z": [zz], "colorbar.title.text": t, "colorbar.tickvals": [tv],
+                                             "colorbar.ticktext": [tt], "contours.showlabels": show}, [0]]}
+                                  for lab, zz, t, tv, tt, show in choices],
                       "type": "buttons", "direction": "right", "x": 1.0, "y": 1.13, "xanchor": "right",
                       "showactive": True, "font": {"size": 10}}]
+        _, shown, title_text, tickvals, ticktext, labels = choices[0]
         trace: go.Contour | go.Heatmap = go.Contour(
             x=x, y=y, z=shown, customdata=custom, hovertemplate=template, colorscale="Viridis", ncontours=30,
-            contours={"showlabels": True, "labelfont": {"size": 9, "color": "white"}},
-            colorbar={"title": {"text": title_text}}, line={"width": 0.5})
+            contours={"showlabels": labels, "labelfont": {"size": 9, "color": "white"}},
+            colorbar={"title": {"text": title_text}, "tickvals": tickvals, "ticktext": ticktext},
+            line={"width": 0.5})
     else:
         trace = go.Heatmap(x=x, y=y, z=z, customdata=custom, hovertemplate=template,
                            colorbar={"title": {"text": label(name)}}, **_diverging(z))
@@ -185,9 +211,11 @@ def map_2d(ds: xr.Dataset, name: str, title: str = "") -> go.Figure:
                                  marker={"symbol": "star", "size": 12, "color": "white",
                                          "line": {"color": "black", "width": 1}},
                                  hovertemplate="θ (centre)<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, height=460, title={"text": plotly_text(title, TITLE_CHARS) or label(name)},
+    heading = plotly_text(title, TITLE_CHARS) or plotly_text(titled(str(name).replace("_", " "), ds.attrs))
+    fig.update_layout(template=TEMPLATE, height=460, title={"text": heading},
                       xaxis_title="x", yaxis_title="y", margin={"l": 50, "r": 10, "t": 50, "b": 45},
                       legend={"orientation": "h", "y": -0.15}, updatemenus=menus)
+    fig.update_xaxes(nticks=7)
     fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
     return fig
 
@@ -204,12 +232,13 @@ def stderr_map(ds: xr.Dataset, name: str) -> go.Figure:
     return fig
 
 
-def _band(x: np.ndarray, v: np.ndarray, se: np.ndarray, color: str, axis: str, name: str) -> list[go.Scatter]:
-    lo, hi = v - Z95 * se, v + Z95 * se  # the 95% interval of subset evaluation
+def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: str, axis: str, name: str) -> list[go.Scatter]:
+    """The 95% interval as a filled band with its own legend entry (toggled together with its curve)."""
     common = {"x": x, "mode": "lines", "line": {"width": 0, "color": color}, "yaxis": axis,
-              "hoverinfo": "skip", "showlegend": False, "legendgroup": name}
-    return [go.Scatter(y=hi, **common),
-            go.Scatter(y=lo, fill="tonexty", fillcolor=_rgba(color, 0.18), **common)]
+              "hoverinfo": "skip", "legendgroup": name}
+    return [go.Scatter(y=hi, showlegend=False, **common),
+            go.Scatter(y=lo, fill="tonexty", fillcolor=_rgba(color, 0.18), name=f"{label(name)} 95% interval",
+                       showlegend=True, **common)]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -217,14 +246,26 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def curves_1d(ds: xr.Dataset, title: str = "", xlabel: str = "x") -> go.Figure:
+def curves_1d(ds: xr.Dataset, title: str = "", xlabel: str = "x", integer_x: bool = False) -> go.Figure:
     """Loss (left axis) and accuracy in % (right axis) along ``x``: train solid, test dashed
-    (Li et al. 2018 Fig. 2); ``± stderr`` bands where stored; other 1D variables on the left axis."""
+    (Li et al. 2018 Fig. 2); 95% interval bands (± 1.96 stderr) where stored, in the legend, clipped to what
+    the metric can be (accuracy in [0, 100] %, a non-negative loss at 0, and on a log axis at the bottom of the
+    plotted range); other 1D variables on the left axis.
+
+    The loss axis starts in log scale when the positive losses span more than :data:`LOG_RATIO` (a training
+    log from 1 to 1e-4); buttons switch. ``integer_x``: integer ticks (epochs)."""
     names = grid_variables(ds, ("x",))
     custom, template = _hover(ds, names, two_d=False)
     x = ds["x"].values
     fig = go.Figure()
     has_acc = any(n.endswith("_accuracy") for n in names)
+    losses = [finite(ds[n].values) for n in names if not n.endswith("_accuracy")]
+    pooled = np.concatenate(losses) if losses else np.zeros(0)
+    positive = pooled[np.isfinite(pooled) & (pooled > 0)]
+    log_y = bool(positive.size) and bool((pooled[np.isfinite(pooled)] > 0).all()) and \
+        positive.max() / positive.min() > LOG_RATIO
+    log_floor = float(positive.min()) / 2 if positive.size else 0.0
+    lower_bands: list[tuple[int, np.ndarray, np.ndarray]] = []  # (trace index, linear lower, log lower)
     for k, name in enumerate(names):
         split = name.split("_", 1)[0]
         acc = name.endswith("_accuracy")
@@ -234,19 +275,42 @@ def curves_1d(ds: xr.Dataset, title: str = "", xlabel: str = "x") -> go.Figure:
         v = finite(ds[name].values) * scale
         se = stderr_of(ds, name)
         if se is not None:
-            for band in _band(x, v, finite(ds[se].values) * scale, color, axis, name):
+            half = Z95 * finite(ds[se].values) * scale
+            lo, hi = v - half, v + half
+            if acc:
+                lo, hi = np.clip(lo, 0.0, 100.0), np.clip(hi, 0.0, 100.0)
+            elif name.endswith("_loss") and (v[np.isfinite(v)] >= 0).all():
+                lo = np.maximum(lo, 0.0)
+            lo_log = np.maximum(lo, log_floor) if not acc else lo
+            for band in _band(x, lo_log if (log_y and not acc) else lo, hi, color, axis, name):
                 fig.add_trace(band)
+            if not acc:
+                lower_bands.append((len(fig.data) - 1, lo, lo_log))
         fig.add_trace(go.Scatter(x=x, y=v, mode="lines", name=label(name) + (" (%)" if acc else ""),
                                  yaxis=axis, legendgroup=name, customdata=custom, hovertemplate=template,
                                  line={"color": color, "dash": _SPLIT_DASH.get(split, "dot"), "width": 2}))
     layout: dict = {"template": TEMPLATE, "height": 460, "title": {"text": plotly_text(title, TITLE_CHARS)},
-                    "xaxis": {"title": {"text": plotly_text(xlabel)}}, "yaxis": {"title": {"text": "loss"}},
+                    "xaxis": {"title": {"text": plotly_text(xlabel)}},
+                    "yaxis": {"title": {"text": "loss"}, "type": "log" if log_y else "linear",
+                              "exponentformat": "power"},
                     "hovermode": "closest", "margin": {"l": 60, "r": 60, "t": 50, "b": 45},
                     "legend": {"orientation": "h", "y": -0.18}}
+    if integer_x:
+        layout["xaxis"].update(tick0=0, dtick=max(1, int(np.ceil((len(x) - 1) / 10))))
     if has_acc:
         layout["yaxis2"] = {"title": {"text": "accuracy (%)"}, "overlaying": "y", "side": "right",
                             "range": [0, 100], "showgrid": False,
                             "tickmode": "linear", "tick0": 0, "dtick": 10}
+    if positive.size:
+        buttons = []
+        for text, kind, col in (("linear", "linear", 1), ("log", "log", 2)):
+            data = {"y": [band[col] for band in lower_bands]} if lower_bands else {}
+            buttons.append({"label": f"{text} loss", "method": "update",
+                            "args": [data, {"yaxis.type": kind}, [i for i, _, _ in lower_bands]]})
+        if log_y:
+            buttons.reverse()
+        layout["updatemenus"] = [{"buttons": buttons, "type": "buttons", "direction": "right", "x": 1.0,
+                                  "y": 1.12, "xanchor": "right", "showactive": True, "font": {"size": 10}}]
     fig.update_layout(**layout)
     return fig
 

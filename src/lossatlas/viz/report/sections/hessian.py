@@ -26,11 +26,30 @@ def _summary_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
         rows.append(("trace tr(H)", f"{float(a['trace']):.6g} ± {float(a['trace_stderr']):.2g} "
                                     f"({a.get('trace_method', '?')}, {a.get('trace_hvps', '?')} products)"))
     if "negative_mass" in a:
-        rows.append(("negative-eigenvalue mass (SLQ)", f"{float(a['negative_mass']):.4g}"))
+        rows.append(("negative-eigenvalue mass (SLQ)", f"{float(a['negative_mass']):.4g} (smoothing width "
+                                                       f"{float(a.get('density_sigma', np.nan)):.3g})"))
     if "critical_kind" in a:
-        rows.append(("critical point", f"{a['critical_kind']}: λmin {float(a['lambda_min']):.4g}, λmax "
-                                       f"{float(a['lambda_max']):.4g}, index {float(a['index']):.4g} "
-                                       f"({a.get('index_method', '?')})"))
+        rows += _critical_rows(a)
+    if "bn_statistics" in a and a["bn_statistics"] != "no BatchNorm layers":
+        rows.append(("BatchNorm statistics", f"--bn {a.get('bn', '?')}: {a['bn_statistics']}"))
+    return rows
+
+
+def _critical_rows(a: dict) -> list[tuple[str, str]]:
+    """Is θ critical (relative gradient test) and the Hessian's sign pattern, with counts or an honest index."""
+    from lossatlas.viz.plot import critical_note
+
+    rows = [("critical point", critical_note(a))]
+    if "grad_relative" in a:
+        rows.append(("gradient test", f"‖∇L‖/(‖H‖·‖θ‖) = {float(a['grad_relative']):.3g} vs grad-tol "
+                                      f"{float(a['grad_tol']):.3g}: critical {a.get('is_critical', '?')}"))
+    certified = "certified" if a.get("extremes_certified", True) else "NOT certified (verdict undetermined)"
+    r_min, r_max = float(a.get("lambda_min_residual", np.nan)), float(a.get("lambda_max_residual", np.nan))
+    rows.append(("λmin, λmax", f"{float(a['lambda_min']):.6g} (residual {r_min:.1e}), {float(a['lambda_max']):.6g} "
+                               f"(residual {r_max:.1e}); {certified}"))
+    if "index" not in a and "critical_negative_mass" in a:
+        rows.append(("SLQ negative mass", f"{float(a['critical_negative_mass']):.3g}: not the index, the density's "
+                                          f"width {float(a['critical_density_sigma']):.3g} exceeds |λmin|"))
     return rows
 
 
@@ -51,19 +70,29 @@ def _eigen_table(ds: xr.Dataset) -> str:
 
 
 def _spectrum_figure(ds: xr.Dataset) -> go.Figure | None:
-    fig = go.Figure()
-    for end, color in (("top", "#1f77b4"), ("bottom", "#d62728")):
-        if f"{end}_eigenvalues" in ds:
-            v = finite(ds[f"{end}_eigenvalues"].values)
-            r = finite(ds[f"{end}_residuals"].values)
-            fig.add_trace(go.Scatter(x=np.arange(1, len(v) + 1), y=v, mode="markers", name=f"{end}-{len(v)}",
-                                     marker={"color": color, "size": 9},
-                                     error_y={"type": "data", "array": r, "visible": True},
-                                     hovertemplate="rank %{x}<br>λ = %{y:.8g}<extra></extra>"))
-    if not fig.data:
+    """Top-k and bottom-k eigenvalues against their rank, each end in its own panel with its own linear y axis:
+    on one axis the bottom end (often |λ| ≪ λmax, near 0) would be a flat row of dots at zero."""
+    from plotly.subplots import make_subplots
+
+    ends = [(end, color) for end, color in (("top", "#1f77b4"), ("bottom", "#d62728"))
+            if f"{end}_eigenvalues" in ds]
+    if not ends:
         return None
+    titles = [f"{'largest' if end == 'top' else 'smallest'} {ds.sizes[end]}" for end, _ in ends]
+    fig = make_subplots(rows=1, cols=len(ends), subplot_titles=titles, horizontal_spacing=0.14)
+    for col, (end, color) in enumerate(ends, start=1):
+        v = finite(ds[f"{end}_eigenvalues"].values)
+        r = finite(ds[f"{end}_residuals"].values)
+        fig.add_trace(go.Scatter(x=np.arange(1, len(v) + 1), y=v, mode="markers", name=f"{end}-{len(v)}",
+                                 marker={"color": color, "size": 9}, showlegend=False,
+                                 error_y={"type": "data", "array": r, "visible": True},
+                                 hovertemplate="rank %{x}<br>λ = %{y:.8g}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="rank", dtick=1, row=1, col=col)
+        fig.update_yaxes(title_text="eigenvalue" if col == 1 else None, exponentformat="power", row=1, col=col)
+        if np.isfinite(v).any() and np.nanmin(v) <= 0 <= np.nanmax(v):  # a sign change: show zero
+            fig.add_hline(y=0.0, line={"color": "grey", "width": 0.5}, row=1, col=col)
     fig.update_layout(template=TEMPLATE, height=380, title={"text": "extreme Hessian eigenvalues"},
-                      xaxis_title="rank", yaxis_title="eigenvalue", margin={"l": 50, "r": 10, "t": 50, "b": 45})
+                      margin={"l": 60, "r": 20, "t": 70, "b": 45})
     return fig
 
 
@@ -85,6 +114,7 @@ def _density_figure(ds: xr.Dataset) -> go.Figure | None:
             fig.add_vline(x=float(v), line={"color": "#d62728", "dash": "dash", "width": 1})
     fig.update_layout(template=TEMPLATE, height=380, title={"text": "spectral density (stochastic Lanczos quadrature)"},
                       xaxis_title="eigenvalue", yaxis_title="density", yaxis_type="log",
+                      yaxis_exponentformat="power",
                       margin={"l": 50, "r": 10, "t": 50, "b": 45}, legend={"orientation": "h", "y": -0.2})
     return fig
 

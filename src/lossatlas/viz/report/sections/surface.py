@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from lossatlas.curvature.maps import CONVEXITY_METRICS
+from lossatlas.engine.subset import Z95
+from lossatlas.viz.describe import sig, subset_note, titled, with_error
 from lossatlas.viz.report.figures import (
     curves_1d,
     finite,
@@ -22,20 +25,35 @@ from lossatlas.viz.report.registry import Section, register
 
 
 def _describe(ds: xr.Dataset) -> str:
+    """``model on data [subset 10%, untrained weights]`` (the qualifiers a figure must carry)."""
     a = ds.attrs
-    return f"{a.get('model', '?')} on {a.get('data', '?')}"
+    return titled(f"{a.get('model', '?')} on {a.get('data', '?')}", a)
 
 
 def _grid_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
     axes = [f"{d}: {ds.sizes[d]} points on [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
             for d in ("x", "y") if d in ds.dims]
     rows = [("grid", " × ".join(axes))]
-    rows.append(("directions", f"{ds.attrs.get('directions', '?')}, norm {ds.attrs.get('norm', '?')}, "
-                               f"ignore {ds.attrs.get('ignore', '?')}, seed {ds.attrs.get('seed', '?')}"))
+    a = ds.attrs
+    source = f"reused from {a['directions_from']}" if a.get("directions_from") else a.get("directions", "?")
+    rows.append(("directions", f"{source}, norm {a.get('norm', '?')}, ignore {a.get('ignore', '?')}, "
+                               f"seed {a.get('seed', '?')}"))
     rows.append(("non-finite points", str(ds.attrs.get("nonfinite_points", 0))))
     if "completed" in ds:
         done = ds["completed"].values
         rows.append(("completed", f"{int(done.sum())} of {done.size} points ({ds.attrs.get('status', '?')})"))
+    return rows
+
+
+def _evaluation_rows(ds: xr.Dataset) -> list[tuple[str, str]]:
+    """Weights (checkpoint or untrained), BN policy, loss and subset: what decides every number below."""
+    a = ds.attrs
+    rows = []
+    if "weights" in a:
+        rows.append(("weights", str(a["weights"])))
+    text = f"loss {a.get('loss', '?')}, BatchNorm statistics: {a.get('bn', '?')}"
+    note = subset_note(a)
+    rows.append(("evaluation", text + (f"; {note}" if note else "; every sample of each split")))
     return rows
 
 
@@ -48,12 +66,18 @@ def _minimum_rows(ds: xr.Dataset, names: list[str]) -> list[tuple[str, str]]:
         if not np.isfinite(v).any():
             rows.append((f"min {name}", "no finite value"))
             continue
-        idx = np.unravel_index(int(np.nanargmin(v)), v.shape)
-        where = ", ".join(f"{d} = {float(ds[d].values[i]):.3g}"
-                          for d, i in zip(ds[name].dims, idx, strict=True))
-        centre = ds[name].sel({d: 0.0 for d in ds[name].dims}, method="nearest")
-        rows.append((f"min {name}",
-                     f"{float(np.nanmin(v)):.5g} at {where}; at the centre {float(centre):.5g}"))
+        se = ds.get(f"{name}_stderr")
+        half = Z95 * finite(se.values) if se is not None else None
+
+        def show(index: tuple[int, ...], v: np.ndarray = v, half: np.ndarray | None = half) -> str:
+            return with_error(v[index], half[index]) if half is not None else sig(v[index])
+
+        idx = tuple(int(i) for i in np.unravel_index(int(np.nanargmin(v)), v.shape))
+        where = ", ".join(f"{d} = {sig(ds[d].values[i], 3)}" for d, i in zip(ds[name].dims, idx, strict=True))
+        hits = [np.flatnonzero(ds[d].values == 0.0) for d in ds[name].dims]
+        centre = (f"at the centre {show(tuple(int(h[0]) for h in hits))}" if all(h.size for h in hits)
+                  else "the centre is not a grid point")
+        rows.append((f"min {name}", f"{show(idx)} at {where}; {centre}"))
     return rows
 
 
@@ -63,11 +87,13 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
     what = _describe(ds)
     if "y" not in ds.dims:
         names = grid_variables(ds, ("x",))
-        html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
+        html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
         fig = curves_1d(ds, title=f"1D loss curve — {what}", xlabel="x (step along the direction)")
         return Section(title=f"1D loss curve: {store.name}", html=html, figures=(fig,))
     names = grid_variables(ds, ("x", "y"))
-    html = metric_table(_grid_rows(ds) + _minimum_rows(ds, names))
+    if set(CONVEXITY_METRICS) <= set(ds.data_vars):  # a convexity map: its section draws these (convexity.py)
+        names = [n for n in names if n not in CONVEXITY_METRICS]
+    html = metric_table(_grid_rows(ds) + _evaluation_rows(ds) + _minimum_rows(ds, names))
     figures = [surface_3d(ds, title=f"{what} — drag to rotate, scroll to zoom")]
     figures += [map_2d(ds, name) for name in names]
     figures += [stderr_map(ds, name) for name in names if stderr_of(ds, name)]
@@ -78,7 +104,7 @@ def surface_section(store: Path, ds: xr.Dataset) -> Section:
 def interpolation_section(store: Path, ds: xr.Dataset) -> Section:
     """Loss and accuracy along (1 − α) θ_A + α θ_B, train and test, with the barrier between the endpoints."""
     names = grid_variables(ds, ("x",))
-    rows = _grid_rows(ds)[:1] + _grid_rows(ds)[2:]
+    rows = _grid_rows(ds)[:1] + _grid_rows(ds)[2:] + _evaluation_rows(ds)[1:]
     alpha = ds["x"].values
     inside = (alpha >= 0) & (alpha <= 1)
     for name in names:

@@ -1,0 +1,48 @@
+"""Studies: the classic results of the lecture notes as runnable, checked experiments.
+
+Each module reads like its paper's method section: a frozen dataclass of parameters registered with
+:func:`~lossatlas.studies.registry.study`, the published numbers as data, a batched ``run`` and a ``check``
+that prints published beside measured with an interval, a tolerance and a verdict.
+
+    from lossatlas.studies import run_study, study_names
+    result = run_study("safran-shamir", "quick", {"runs": "200"}, seed=0, out_dir="runs/studies")
+    for row in result.rows: print(row.quantity, row.key, row.published, row.measured, row.verdict)
+
+Built-in studies (names are the interface). Theory (Studies I): ``critical-points``, ``deep-linear``,
+``single-neuron``, ``safran-shamir``, ``xor-jellyfish``, ``index-vs-error``. Empirical (Studies II):
+``goodfellow``, ``mnist1d-baselines``, ``batch-size-weight-decay``, ``optimizer-switch``, ``skip-connections``,
+``initialisation``, ``ccnn``, ``overparameterisation``.
+"""
+
+from __future__ import annotations
+
+# importing a study module registers it (the order of `lossatlas study list` is registry.BUILTIN_ORDER)
+from lossatlas.studies import (  # noqa: E402,F401,I001
+    batch_size_weight_decay,
+    ccnn,
+    critical_points,
+    deep_linear,
+    goodfellow,
+    index_vs_error,
+    initialisation,
+    mnist1d_baselines,
+    optimizer_switch,
+    overparameterisation,
+    safran_shamir,
+    single_neuron,
+    skip_connections,
+    swirszcz,
+)
+from lossatlas.studies.framework import (
+    Context,
+    Row,
+    StudyResult,
+    mean_interval,
+    rate_tolerance,
+    wilson_interval,
+)
+from lossatlas.studies.registry import Published, Study, StudyInfo, get_study, parse_overrides, study, study_names
+from lossatlas.studies.runner import run_study
+
+__all__ = ["Context", "Published", "Row", "Study", "StudyInfo", "StudyResult", "get_study", "mean_interval",
+           "parse_overrides", "rate_tolerance", "run_study", "study", "study_names", "wilson_interval"]
