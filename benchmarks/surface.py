@@ -7,7 +7,7 @@ by zero on an all-zero bias):
 * ``mlp``: ``zoo:mlp:widths=256-256`` (40-256-256-10) on ``mnist1d`` (4000 training samples);
 * ``bncnn``: ``zoo:bncnn`` (4 conv + BatchNorm, 16-32-32-64) on ``digits`` (1437 training samples).
 
-Per problem, alternately ``--repeats`` times (best time kept):
+Per problem, alternately ``--repeats`` times, the order of the tools rotated each repeat (best time kept):
 
 * **loss-landscapes** 3.0.6: ``random_plane(model, Loss(F.cross_entropy, x_train, y_train), distance=0.5,
   steps=21, normalization="filter")``: 441 points, each one forward pass over all training samples;
@@ -36,6 +36,7 @@ import argparse
 import copy
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,19 +166,29 @@ def run_problem(problem: Problem, steps: int, repeats: int, workdir: Path) -> di
 
     times: dict[str, list[float]] = {"loss_landscapes": [], "lossatlas": [], "lossatlas_engine": [],
                                      "lossatlas_engine_one_batch": []}
-    for repeat in range(repeats):  # alternate the tools so both see the same machine load
-        if loss_landscapes is not None:
-            subject = copy.deepcopy(model).eval()
-            seconds, ll_grid = timed(lambda subject=subject: loss_landscapes_plane(subject, x, y, steps))
-            times["loss_landscapes"].append(seconds)
-            seconds, engine = timed(lambda: evaluator.evaluate_coords(ll_theta, ll_dirs, ll_coords))
-            times["lossatlas_engine"].append(seconds)
-            seconds, _ = timed(lambda: one_batch.evaluate_coords(ll_theta, ll_dirs, ll_coords))
-            times["lossatlas_engine_one_batch"].append(seconds)
+    results: dict[str, Any] = {}
+
+    def run_ll() -> Any:
+        return loss_landscapes_plane(copy.deepcopy(model).eval(), x, y, steps)
+
+    def run_surface(repeat: int) -> Any:
         # a new store each time, as a first run writes it (not timing the deletion of the previous repeat's)
-        out = workdir / f"{problem.name}-{repeat}.zarr"
-        seconds, ds = timed(lambda out=out: surface(model, data, x=axis, y=axis, eval_spec=spec, out=out))
-        times["lossatlas"].append(seconds)
+        return surface(model, data, x=axis, y=axis, eval_spec=spec, out=workdir / f"{problem.name}-{repeat}.zarr")
+
+    tools: list[tuple[str, Callable[[int], Any]]] = [("lossatlas", run_surface)]
+    if loss_landscapes is not None:
+        tools += [("loss_landscapes", lambda _r: run_ll()),
+                  ("lossatlas_engine", lambda _r: evaluator.evaluate_coords(ll_theta, ll_dirs, ll_coords)),
+                  ("lossatlas_engine_one_batch", lambda _r: one_batch.evaluate_coords(ll_theta, ll_dirs, ll_coords))]
+    for repeat in range(repeats):
+        # alternate the tools so all see the same machine load, and rotate their order each repeat so that none
+        # always runs right after the same other one (a run after the one-batch engine pays for its freed memory)
+        shift = repeat % len(tools)
+        for name, fn in tools[shift:] + tools[:shift]:
+            seconds, results[name] = timed(lambda fn=fn, repeat=repeat: fn(repeat))
+            times[name].append(seconds)
+    ds = results["lossatlas"]
+    ll_grid, engine = results.get("loss_landscapes"), results.get("lossatlas_engine")
 
     row["seconds"] = times
     row["one_point_per_pass"] = evaluator._one_point_per_pass(points)
@@ -238,7 +249,8 @@ def flops_table(rows: list[dict[str, Any]], matmul_gflops: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=21, help="grid points per axis, odd (default 21)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept (default 3)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="timed runs per tool, best kept (default 4: each tool once in each position)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--problems", default=",".join(p.name for p in PROBLEMS), help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="5×5 grid, one repeat: a smoke run")
