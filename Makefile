@@ -40,8 +40,10 @@ docs: $(STAMP)
 	sed -i "s/&#x27;/'/g" docs/cli.md
 	$(PY) -c "from lossatlas.studies.tables import write_studies_doc; write_studies_doc('docs/studies.md', 'docs/studies')"
 
-# The full preset of every study (hours on 2 cores); each results.json is checked in under docs/studies/.
-STUDIES := critical-points deep-linear single-neuron safran-shamir xor-jellyfish index-vs-error
+# The full preset of every study (hours on 2 cores; `make studies STUDIES=ccnn` for one); each results.json is checked in under docs/studies/.
+STUDIES := critical-points deep-linear single-neuron safran-shamir xor-jellyfish index-vs-error \
+	goodfellow mnist1d-baselines batch-size-weight-decay optimizer-switch skip-connections initialisation ccnn \
+	overparameterisation
 studies: $(STAMP)
 	mkdir -p docs/studies
 	for s in $(STUDIES); do $(VENV)/bin/lossatlas study run $$s --full --out runs/studies || exit 1; \

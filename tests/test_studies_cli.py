@@ -74,9 +74,14 @@ def test_run_prints_the_rows_and_writes_the_outputs(tmp_path):
     assert "the Hessian cannot decide" in result.output
     payload = json.loads((tmp_path / "critical-points" / "results.json").read_text())
     assert payload["seed"] == 3 and payload["params"]["functions"] == ["x^2+y^4", "-x^2+3y^2"]
-    # the report shows one section per study: the rows with coloured verdicts, notes, the figure embedded
+    # the report shows one section per study: the rows with coloured verdicts, notes, the figure embedded; a
+    # surface store inside the study's cells (as the empirical studies keep) is the study's internals, not a section
+    import shutil
+
     from lossatlas.viz.report.builder import build_report
 
+    nested = tmp_path / "critical-points" / "cells" / "run-0" / "surface.zarr"
+    shutil.copytree(tmp_path / "critical-points" / "results.zarr", nested)
     report = build_report(tmp_path, strict=True)
     html = report.path.read_text()
     assert report.sections == 1 and "Study: critical-points" in html

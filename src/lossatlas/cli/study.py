@@ -38,7 +38,7 @@ def list_studies() -> None:
 
 @study_app.command("show")
 @user_errors
-def show(name: Annotated[str, typer.Argument(help="A study name (see `lossatlas study list`).")]) -> None:
+def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")]) -> None:
     """A study's description, parameters with their quick and full presets, and the published table."""
     from rich.table import Table
 
@@ -68,7 +68,7 @@ def show(name: Annotated[str, typer.Argument(help="A study name (see `lossatlas 
 
 @study_app.command("run")
 @user_errors(interrupted=INTERRUPTED)
-def run(name: Annotated[str, typer.Argument(help="A study name (see `lossatlas study list`).")],
+def run(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")],
         out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output directory; writes DIR/NAME/.")],
         quick: Annotated[bool, typer.Option("--quick", help="The quick preset (default): about a minute.")] = False,
         full: Annotated[bool, typer.Option("--full", help="The full preset: every published row.")] = False,

@@ -64,7 +64,8 @@ def _store_attrs(path: Path) -> dict[str, Any]:
 
 
 def scan_run_dir(run_dir: Path, max_depth: int = 4) -> tuple[list[Path], list[Path]]:
-    """Zarr stores and registered artifacts under ``run_dir`` (sorted; stores are not descended into)."""
+    """Zarr stores and registered artifacts under ``run_dir`` (sorted; stores are not descended into, and a study
+    folder gives its ``results.zarr`` only: one section per study, not one per training run of its cells)."""
     patterns = artifact_patterns()
     stores: list[Path] = []
     files: list[Path] = []
@@ -72,6 +73,9 @@ def scan_run_dir(run_dir: Path, max_depth: int = 4) -> tuple[list[Path], list[Pa
         return [run_dir], []
 
     def walk(folder: Path, depth: int) -> None:
+        if _is_study_folder(folder):  # its cells (training runs, surfaces) are the study's internals: one section
+            stores.append(folder / "results.zarr")
+            return
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
@@ -90,6 +94,11 @@ def scan_run_dir(run_dir: Path, max_depth: int = 4) -> tuple[list[Path], list[Pa
 
     walk(run_dir, 0)
     return stores, files
+
+
+def _is_study_folder(folder: Path) -> bool:
+    """A ``lossatlas study run`` folder ``DIR/NAME/``: its ``study.json`` beside a ``results.zarr`` store."""
+    return (folder / "study.json").is_file() and _is_store(folder / "results.zarr")
 
 
 def _match(name: str, pattern: str) -> bool:
