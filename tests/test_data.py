@@ -285,6 +285,17 @@ def test_npz_round_trip_classification_with_test(tmp_path: Path) -> None:
     assert data.y_test.tolist() == y_test.tolist()
 
 
+def test_npz_with_keras_names_x_train_y_train(tmp_path: Path) -> None:
+    """The layout of Keras' mnist.npz (x_train, y_train, x_test, y_test) loads like x, y, x_test, y_test."""
+    rng = np.random.default_rng(1)
+    x, y, x_test, y_test = rng.normal(size=(8, 5)), rng.integers(0, 3, 8), rng.normal(size=(4, 5)), np.arange(4) % 3
+    np.savez(tmp_path / "keras.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    np.savez(tmp_path / "plain.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    keras, plain = load_data(str(tmp_path / "keras.npz")), load_data(str(tmp_path / "plain.npz"))
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(keras, name), getattr(plain, name)), name
+
+
 def test_npz_round_trip_regression_without_test(tmp_path: Path) -> None:
     path = tmp_path / "reg.npz"
     x, y = np.arange(12, dtype=np.int32).reshape(6, 2), np.linspace(0, 1, 6)
@@ -303,6 +314,7 @@ def test_npz_round_trip_regression_without_test(tmp_path: Path) -> None:
 _X, _Y = np.zeros((2, 2)), np.zeros(2, dtype=np.int64)
 NPZ_ARRAY_ERRORS = {  # case -> (arrays saved with np.savez, expected part of the message)
     "missing x": ({"inputs": _X, "y": _Y}, "found inputs, y"),
+    "x and x_train": ({"x": _X, "x_train": _X, "y_train": _Y}, "found x, x_train, y_train"),
     "missing y": ({"x": _X, "labels": np.zeros(2)}, "found x, labels"),
     "length mismatch": ({"x": np.zeros((3, 2)), "y": _Y}, "same N"),
     "test length mismatch": ({"x": _X, "y": _Y, "x_test": np.zeros((3, 2)), "y_test": _Y[:1]}, "same N"),

@@ -5,7 +5,7 @@
 * ``NAME[:key=value,...]``  a built-in (e.g. ``teacher:n=1000,d=10``): ``mnist1d`` (n, seed), ``digits``,
   ``teacher`` (n, d, k, noise, n_test), ``xor`` (n, noise), ``jellyfish`` (n, noise), ``spirals`` (n, noise,
   turns); defaults and sources in each builder's docstring;
-* ``path/file.npz``         arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``;
+* ``path/file.npz``         arrays ``x``, ``y`` (or ``x_train``, ``y_train``) and optionally ``x_test``, ``y_test``;
 * ``path/file.py:function`` or ``package.module:function``  a user function (called with ``seed=``
   when it accepts it) returning a :class:`Dataset`, a dict, a tuple ``(x, y[, x_test, y_test])`` or a
   map-style ``torch.utils.data.Dataset`` (materialised as the train split).
@@ -374,7 +374,7 @@ def _load_builtin(name: str, pairs: Sequence[tuple[str, str]], seed: int) -> Dat
 
 
 def _load_npz(spec: str) -> Dataset:
-    """Arrays ``x``, ``y`` [, ``x_test``, ``y_test``] from an ``.npz``; never unpickles."""
+    """Arrays ``x``, ``y`` (or ``x_train``, ``y_train``) [, ``x_test``, ``y_test``] from an ``.npz``; never unpickles."""
     if not Path(spec).expanduser().is_file():
         raise _fail(f"data file not found: {spec}; check the path")
     try:
@@ -383,9 +383,13 @@ def _load_npz(spec: str) -> Dataset:
             raise _fail(f"{spec}: holds one array, not an .npz archive; use np.savez(path, x=..., y=...)")
         with archive:
             found = list(archive.files)
-            if "x" not in found or "y" not in found:
-                raise _fail(f"{spec}: needs arrays x and y, found {', '.join(found) or 'none'}; use np.savez")
-            arrays = [archive[k] if k in found else None for k in _ARRAYS]
+            names = dict(zip(_ARRAYS, _ARRAYS, strict=True))
+            if {"x_train", "y_train"} <= set(found) and not {"x", "y"} & set(found):  # Keras' layout
+                names.update(x="x_train", y="y_train")
+            if names["x"] not in found or names["y"] not in found:
+                raise _fail(f"{spec}: needs arrays x and y (or x_train and y_train) [, x_test, y_test], found "
+                            f"{', '.join(found) or 'none'}; write it with np.savez(path, x=..., y=...)")
+            arrays = [archive[names[k]] if names[k] in found else None for k in _ARRAYS]
     except UserInputError:
         raise
     except ValueError as err:  # numpy refuses object arrays / pickles when allow_pickle=False
