@@ -64,7 +64,7 @@ def test_forgetting_checkpoint_warns_and_is_recorded(toy, tmp_path: Path) -> Non
     assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
 
 
-def test_subset_summary_says_subset_with_honest_digits_and_bn_recompute_note(toy, tmp_path: Path) -> None:
+def test_subset_summary_says_subset_with_honest_digits_and_no_bn_note_without_batchnorm(toy, tmp_path: Path) -> None:
     npz, ckpt = toy
     out = tmp_path / "s.zarr"
     result = invoke("surface", "--model", MODEL, "--data", npz, "--checkpoint", ckpt, "--x", "-1:1:5",
@@ -73,13 +73,23 @@ def test_subset_summary_says_subset_with_honest_digits_and_bn_recompute_note(toy
     ds = open_surface(out)
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"wrote {out} (5 points; min train loss ") and lines[0].endswith(
-        "[subset 50%, bn=recompute]"), lines[0]
+        "[subset 50%]"), lines[0]  # the MLP has no BatchNorm layer: --bn recompute changes nothing, so no tag
+    assert ds.attrs["batchnorm_layers"] == 0
     # the centre value and its 95% interval, digits set by the error
     centre = with_error(float(ds.train_loss.sel(x=0.0)), 1.959963984540054 * float(ds.train_loss_stderr.sel(x=0.0)))
     assert f"centre {centre} (95%)" in lines[0]
     assert any(line.startswith("note: evaluated on a subset of 50% of each split (seed 0)") for line in lines)
-    bn = [line for line in lines if "--bn recompute" in line]
-    assert len(bn) == 1 and "whole training split" in bn[0] and "training log" in bn[0]
+    assert not [line for line in lines if "--bn recompute" in line]
+
+
+def test_bn_recompute_note_only_for_models_with_batchnorm() -> None:
+    from lossatlas.viz.describe import BN_RECOMPUTE_NOTE, notes, qualifiers
+
+    assert notes({"bn": "recompute", "batchnorm_layers": 2}) == [BN_RECOMPUTE_NOTE]
+    assert qualifiers({"bn": "recompute", "batchnorm_layers": 2}) == ["bn=recompute"]
+    assert notes({"bn": "recompute", "batchnorm_layers": 0}) == []
+    assert qualifiers({"bn": "states", "batchnorm_layers": 0}) == []
+    assert notes({"bn": "recompute"}) == [BN_RECOMPUTE_NOTE]  # a store written before the count was recorded
 
 
 def test_digits() -> None:

@@ -374,7 +374,8 @@ def _load_builtin(name: str, pairs: Sequence[tuple[str, str]], seed: int) -> Dat
 
 
 def _load_npz(spec: str) -> Dataset:
-    """Arrays ``x``, ``y`` (or ``x_train``, ``y_train``) [, ``x_test``, ``y_test``] from an ``.npz``; never unpickles."""
+    """Arrays ``x``, ``y`` (or ``x_train``, ``y_train``) [, ``x_test``, ``y_test``] from an ``.npz``; never
+    unpickles."""
     if not Path(spec).expanduser().is_file():
         raise _fail(f"data file not found: {spec}; check the path")
     try:

@@ -307,6 +307,7 @@ def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping
         "loss": spec.loss,
         "batch_size": spec.batch_size,
         "bn": spec.bn.value,
+        "batchnorm_layers": sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
         **({"subset": spec.subset, "subset_seed": spec.subset_seed} if spec.subset is not None else {}),
         **extra,
         **prov,
@@ -314,7 +315,7 @@ def provenance(kind: str, model: nn.Module, data: Any, spec: Any, extra: Mapping
     # what decides the numbers: contents (hashes), settings and specs, not versions, dates or how a path was typed
     # ("weights" is a note beside checkpoint_sha256; "directions_from" a path beside the directions' hash)
     ignore_for_hash = {"created", "python_version", "torch_version", "lossatlas_version", "checkpoint",
-                       "checkpoint2", "weights", "directions_from"}
+                       "checkpoint2", "weights", "directions_from", "batchnorm_layers"}
     hashed = {k: (canonical_spec(v) if k in ("model", "data") else v) for k, v in attrs.items()
               if k not in ignore_for_hash}
     attrs["config_hash"] = config_hash(hashed)

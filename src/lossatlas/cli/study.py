@@ -38,7 +38,8 @@ def list_studies() -> None:
 
 @study_app.command("show")
 @user_errors
-def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")]) -> None:
+def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")]
+         ) -> None:
     """A study's description, parameters with their quick and full presets, and the published table."""
     from rich.table import Table
 

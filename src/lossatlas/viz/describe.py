@@ -85,6 +85,11 @@ def untrained(attrs: Mapping[str, Any]) -> bool:
     return str(attrs.get("weights", "")).startswith("untrained")
 
 
+def has_batchnorm(attrs: Mapping[str, Any]) -> bool:
+    """Whether the model behind a store has BatchNorm layers (stores written before this was recorded: assume so)."""
+    return attrs.get("batchnorm_layers", 1) != 0
+
+
 def qualifiers(attrs: Mapping[str, Any]) -> list[str]:
     """Short tags a plot title carries: ``["subset 10%", "untrained weights", "bn=recompute"]`` (those that apply)."""
     tags = []
@@ -93,7 +98,7 @@ def qualifiers(attrs: Mapping[str, Any]) -> list[str]:
         tags.append(tag)
     if untrained(attrs):
         tags.append("untrained weights")
-    if attrs.get("bn") in ("recompute", "states"):
+    if attrs.get("bn") in ("recompute", "states") and has_batchnorm(attrs):
         tags.append(f"bn={attrs['bn']}")
     return tags
 
@@ -113,7 +118,7 @@ def notes(attrs: Mapping[str, Any]) -> list[str]:
     if note:
         out.append(f"evaluated on {note}: every value is an estimate; ± and bands are 95% intervals "
                    "(1.96 standard errors)")
-    if attrs.get("bn") == "recompute":
+    if attrs.get("bn") == "recompute" and has_batchnorm(attrs):
         out.append(BN_RECOMPUTE_NOTE)
     bad = attrs.get("nonpositive_variance_at")
     if bad:
