@@ -62,6 +62,10 @@ def test_forgetting_checkpoint_warns_and_is_recorded(toy, tmp_path: Path) -> Non
     # training starts from the initialisation on purpose: no warning there
     result = invoke("train", "--model", MODEL, "--data", npz, "--epochs", "1", "--out", tmp_path / "run")
     assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+    # the last epoch's numbers close the output, as metrics.csv holds them
+    last = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    row = dict(zip(last[0].split(","), last[-1].split(","), strict=True))
+    assert f"epoch 1: train loss {float(row['train_loss']):.4g}, train accuracy" in result.stdout, result.stdout
 
 
 def test_subset_summary_says_subset_with_honest_digits_and_no_bn_note_without_batchnorm(toy, tmp_path: Path) -> None:

@@ -100,8 +100,9 @@ def align(model: ModelOpt, data: DataOpt, checkpoint: CheckpointA, checkpoint2: 
                                                                   "(default: derived from the model).")] = None,
           points: Annotated[int, typer.Option(help="Points on each straight line.")] = 25,
           batch_size: BatchOpt = 1000, seed: SeedOpt = 0, loss: LossOpt = "cross_entropy") -> None:
-    """Permute model B's hidden units to match model A (weight matching, Ainsworth et al. 2023), with the barrier
-    before and after."""
+    """Permute model B's hidden units to match model A (weight matching, Ainsworth et al. 2023); barrier before/after.
+
+    Writes the aligned checkpoint (--out, .safetensors) and the two loss profiles beside it (.zarr)."""
     from lossatlas.paths.align import align_checkpoint, load_spec
 
     dataset, model_a, model_b, provenance = _two_models(model, data, checkpoint, checkpoint2)
@@ -128,6 +129,10 @@ def topology(store: Annotated[Path, typer.Argument(help="A 1D or 2D store writte
     ds = topology_of_store(store, metric=metric, out=out, levels=levels)
     target = out or store.with_name(f"{store.name.removesuffix('.zarr')}.topology.zarr")
     a = ds.attrs
-    out_console.print(f"wrote {target} and {target.with_suffix('.png')}: {a['n_minima']} minima, {a['n_saddles']} "
-                      f"saddles, {a['n_maxima']} maxima; at most {int(ds['components'].max())} components",
+    def count(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
+
+    out_console.print(f"wrote {target} and {target.with_suffix('.png')}: {count(a['n_minima'], 'minimum', 'minima')}, "
+                      f"{count(a['n_saddles'], 'saddle', 'saddles')}, {count(a['n_maxima'], 'maximum', 'maxima')}; "
+                      f"at most {int(ds['components'].max())} components",
                       highlight=False, soft_wrap=True)

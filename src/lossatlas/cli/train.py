@@ -59,9 +59,12 @@ def train(model: ModelOpt, data: DataOpt,
     device = check_device(device)
     dataset, net, provenance = load_problem(model, data, None, model_seed=seed, warn_untrained=False)
     done: list[int] = []
+    last: dict[str, float] = {}
     with progress_bar("training") as update:
         def report(epoch: int, total: int, metrics: dict[str, float]) -> None:
             done.append(epoch)
+            last.clear()
+            last.update(metrics)
             update(epoch, total)
 
         run_train(net, dataset, spec, out, provenance=provenance, progress=report, device=device,
@@ -72,3 +75,7 @@ def train(model: ModelOpt, data: DataOpt,
                           "--overwrite starts over)")
     else:
         out_console.print(f"wrote {len(ckpts)} checkpoints to {out / 'checkpoints'}; last: {ckpts[-1]}")
+        shown = [f"{name.replace('_', ' ')} {last[name]:.4g}" for name in
+                 ("train_loss", "train_accuracy", "test_loss", "test_accuracy") if name in last]
+        if shown:
+            out_console.print(f"epoch {done[-1]}: " + ", ".join(shown))
