@@ -38,6 +38,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/typer lossatlas.cli utils docs --name lossatlas --output docs/cli.md
 	sed -i "s/&#x27;/'/g" docs/cli.md
+	sed -i '1i <!-- Generated: .venv/bin/typer lossatlas.cli utils docs --name lossatlas --output docs/cli.md (make docs) -->\n' docs/cli.md
 	$(PY) -c "from lossatlas.studies.tables import write_studies_doc; write_studies_doc('docs/studies.md', 'docs/studies')"
 
 # The full preset of every study (hours on 2 cores; `make studies STUDIES=ccnn` for one); each results.json is checked in under docs/studies/.
