@@ -119,7 +119,8 @@ def _cell(p: IndexVsError, cell: dict[str, Any], seed: int) -> dict[str, np.ndar
             continue
         op = HessianOperator(evaluator, unflatten(flat), dtype=torch.float64)
         verdict = critical_point(op, tolerances=Tolerances(grad_tol=10 * p.grad_tol))
-        rows.append((verdict.loss, verdict.index, verdict.lambda_min, verdict.grad_norm))
+        index = math.nan if verdict.index is None else float(verdict.index)  # None: the extremes were not certified
+        rows.append((verdict.loss, index, verdict.lambda_min, verdict.grad_norm))
     out = np.array(rows)
     return {"loss": out[:, 0], "index": out[:, 1], "lambda_min": out[:, 2], "grad_norm": out[:, 3],
             "start_step": np.repeat([s for s, _ in path.snapshots], p.runs)}

@@ -223,12 +223,13 @@ class OptimizerSwitch(Study):
             mean, ci = mean_interval(barriers)
             a, b = str(pair).split("|")
             claim = "barrier_present" if "@" not in b else "switch_barrier_present"
-            key = {"pair": str(pair)} if claim == "barrier_present" else {"switch_epoch": int(b.split("@")[1])}
+            switch_epoch = int(b.split("@")[1]) if "@" in b else 0
+            key = {"pair": str(pair)} if claim == "barrier_present" else {"switch_epoch": switch_epoch}
             rows.append(Row.compare("barrier", key, None, mean, ci=ci, note=f"train-loss barrier between {a} and {b} "
                                     "(nats); Im et al. plot it, publish no number"))
             note = f"mean barrier {mean:.3g} against the threshold {threshold:.3g} nats"
             if claim == "switch_barrier_present" and mean <= threshold:
-                note += (f"; after the switch Adam (η = {self.switch_lr:g}) runs {self.epochs - key['switch_epoch']} "
+                note += (f"; after the switch Adam (η = {self.switch_lr:g}) runs {self.epochs - switch_epoch} "
                          "epochs and ends in a point the line from the SGD solution reaches without a barrier")
             rows.append(Row.compare(claim, key, "yes", "yes" if mean > threshold else "no", note=note))
         for kind in NORMS:
