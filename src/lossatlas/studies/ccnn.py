@@ -19,7 +19,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate
 from lossatlas.models.ccnn import PatchSpec, build_ccnn, cnn1
 from lossatlas.nuclear import NuclearSpec, ccnn_start, fit_ccnn
-from lossatlas.studies.framework import Context, Row, mean_interval, wilson_interval
+from lossatlas.studies.framework import Context, Row, mean_interval, save_figure, wilson_interval
 from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.training import TrainSpec, train
@@ -267,11 +267,7 @@ class CCNNStudy(Study):
                    title=f"{d}: CCNN-1 {100 * (1 - float(cell.ccnn_test_accuracy[0])):.1f}% vs CNN-1 "
                          f"{100 * (1 - float(cell.cnn_test_accuracy.mean())):.1f}% test error")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "ccnn_lines.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "ccnn_lines.png", dpi=120)]
 
 
 __all__ = ["CCNNStudy", "PATCHES", "TABLE_1", "line_barrier", "second_differences"]

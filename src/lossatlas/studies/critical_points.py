@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lossatlas.curvature import FunctionHessian, Tolerances, critical_point
 from lossatlas.errors import UserInputError
-from lossatlas.studies.framework import Context, Row
+from lossatlas.studies.framework import Context, Row, save_figure
 from lossatlas.studies.registry import Published, Study, study
 
 
@@ -198,11 +198,7 @@ class CriticalPoints(Study):
             ax.set_xticks([]), ax.set_yticks([])
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.tight_layout()
-        path = folder / "critical_points.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "critical_points.png", dpi=110)]
 
 
 __all__ = ["CriticalPoints", "EXAMPLES", "circle_probe", "sphere_probe"]

@@ -15,7 +15,7 @@ import xarray as xr
 from lossatlas.curvature import FunctionHessian, Tolerances, critical_point
 from lossatlas.errors import UserInputError
 from lossatlas.studies.critical_points import sphere_probe
-from lossatlas.studies.framework import Context, Row, wilson_interval
+from lossatlas.studies.framework import Context, Row, save_figure, wilson_interval
 from lossatlas.studies.linear_nets import (
     chain_hessian_eigenvalues,
     chain_loss,
@@ -233,11 +233,7 @@ class DeepLinear(Study):
         ax2.axhline(float(ds.hm_log_norm), color="k", ls="--", label="||log R|| (limit)")
         ax2.set(xlabel="depth H", title="Hardt & Ma: W_k = R^(1/H) − I")
         ax2.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / "deep_linear.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "deep_linear.png", dpi=110)]
 
 
 __all__ = ["DeepLinear"]

@@ -268,5 +268,15 @@ class StudyResult:
     dataset: xr.Dataset
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out a study's matplotlib figure, write it to ``path`` (PNG) and close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 __all__ = ["Context", "Row", "StudyResult", "VERDICTS", "cell_id", "cell_seed", "decide", "mean_interval",
-           "rate_tolerance", "wilson_interval"]
+           "rate_tolerance", "save_figure", "wilson_interval"]

@@ -20,7 +20,7 @@ from lossatlas.data import Dataset, load_data
 from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.errors import UserInputError
 from lossatlas.studies.batched import batched_descent, model_loss, zoo_runs
-from lossatlas.studies.framework import Context, Row
+from lossatlas.studies.framework import Context, Row, save_figure
 from lossatlas.studies.registry import Published, Study, study
 
 
@@ -232,11 +232,7 @@ class IndexVsError(Study):
             ax.legend(fontsize=8)
         ax.set(xlabel="loss ε at the critical point", ylabel="index α (fraction of negative eigenvalues)",
                title="index vs error of critical points")
-        fig.tight_layout()
-        path = folder / "index_vs_error.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "index_vs_error.png", dpi=110)]
 
 
 __all__ = ["IndexVsError", "fit_index_curve", "gradient_norm_descent"]

@@ -17,7 +17,7 @@ import xarray as xr
 from lossatlas.data import load_data
 from lossatlas.errors import UserInputError
 from lossatlas.models.initialisation import SCHEMES, DeepMLP, expected_norm_ratio, norm_ratios
-from lossatlas.studies.framework import Context, Row, mean_interval, wilson_interval
+from lossatlas.studies.framework import Context, Row, mean_interval, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.training import TrainSpec, train
 
@@ -253,11 +253,7 @@ class Initialisation(Study):
             ax.set(yscale="log", xlabel="epoch", ylabel="train loss",
                    title=f"ReLU DeepMLP, {self.train_depth} blocks, on {self.data}")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "initialisation.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "initialisation.png", dpi=120)]
 
 
 __all__ = ["Initialisation", "resolve_device"]

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from lossatlas.errors import UserInputError
-from lossatlas.studies.framework import Context, Row, cell_id, mean_interval, rate_tolerance
+from lossatlas.studies.framework import Context, Row, cell_id, mean_interval, rate_tolerance, save_figure
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import derived_seeds, study_data, train_run
 from lossatlas.training import OptimizerName, TrainSpec
@@ -170,11 +170,7 @@ class MNIST1DBaselines(Study):
         ax.set(xlabel=f"Adam steps (batch {self.batch_size})", ylabel="test accuracy (%)", ylim=(0, 100),
                title="MNIST-1D (Greydanus 2020): measured (solid), published (dashed)")
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        path = folder / "test_accuracy.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "test_accuracy.png", dpi=120)]
 
 
 __all__ = ["MNIST1DBaselines", "MODELS", "PUBLISHED_ACCURACY"]

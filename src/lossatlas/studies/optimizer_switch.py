@@ -18,7 +18,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval, save_figure
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run
 from lossatlas.training import OptimizerName, TrainSpec
@@ -273,11 +273,7 @@ class OptimizerSwitch(Study):
         for name, x, y in zip(ds.anchor.values, ds.anchor_x.values, ds.anchor_y.values, strict=True):
             axes[2].annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 4), color="white")
         axes[2].set(title="plane through the SGD, Adam and RMSprop solutions", xlabel="x", ylabel="y")
-        fig.tight_layout()
-        path = folder / "optimizer_switch.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "optimizer_switch.png", dpi=110)]
 
 
 __all__ = ["OPTIMIZERS", "OptimizerSwitch", "run_names"]

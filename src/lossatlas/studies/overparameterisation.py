@@ -20,7 +20,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.models import build_model
 from lossatlas.paths.string import StringSpec, string_sampling
 from lossatlas.studies.batched import batched_descent, model_loss, run_slice, zoo_runs
-from lossatlas.studies.framework import Context, Row, mean_interval, wilson_interval
+from lossatlas.studies.framework import Context, Row, mean_interval, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 
 NETS = {
@@ -276,11 +276,7 @@ class Overparameterisation(Study):
             ax.minorticks_off()
             ax.invert_xaxis()
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "overparameterisation.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "overparameterisation.png", dpi=120)]
 
 
 __all__ = ["CONNECTED", "NETS", "Overparameterisation", "random_regression", "sigmoid_net_loss"]

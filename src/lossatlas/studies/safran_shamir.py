@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from lossatlas.errors import UserInputError
-from lossatlas.studies.framework import Context, Row, mean_interval, rate_tolerance, wilson_interval
+from lossatlas.studies.framework import Context, Row, mean_interval, rate_tolerance, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.teacher_student import gradient_descent, initial_students, population_loss, teacher
 
@@ -210,11 +210,7 @@ class SafranShamir(Study):
         ax.set(xlabel="k (teacher units)", ylabel="% runs ending in a spurious minimum",
                title="Safran & Shamir 2018: spurious minima of two-layer ReLU nets")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / "spurious.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "spurious.png", dpi=120)]
 
 
 __all__ = ["SafranShamir", "TABLE"]

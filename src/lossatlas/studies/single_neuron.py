@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.func import grad_and_value, hessian, vmap
 
 from lossatlas.errors import UserInputError
-from lossatlas.studies.framework import Context, Row, wilson_interval
+from lossatlas.studies.framework import Context, Row, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.teacher_student import Objective, gradient_descent, teacher
 
@@ -249,11 +249,7 @@ class SingleNeuron(Study):
             ax.plot(pts[:, 0], pts[:, 1], "r.", ms=6, label="minima found")
             ax.legend(fontsize=8)
         ax.set(xlabel="log10 w1", ylabel="log10 w2", title=f"Auer et al.: n = {n}, d = {d}, {(n // d) ** d} minima")
-        fig.tight_layout()
-        path = folder / "auer.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "auer.png", dpi=110)]
 
 
 __all__ = ["SingleNeuron", "auer_data", "auer_loss", "auer_minima", "distinct", "saddle_free_newton",

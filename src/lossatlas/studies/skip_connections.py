@@ -20,7 +20,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import surface
 from lossatlas.models import build_model
 from lossatlas.paths.topology import sublevel_topology
-from lossatlas.studies.framework import Context, Row, wilson_interval
+from lossatlas.studies.framework import Context, Row, save_figure, wilson_interval
 from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.training import OptimizerName, TrainSpec, train
@@ -227,11 +227,7 @@ class SkipConnections(Study):
                    xlabel="α", ylabel="β")
             fig.colorbar(image, ax=ax, fraction=0.046)
         fig.suptitle("log10 train loss (top) and convexity map (bottom), filter-normalised directions")
-        fig.tight_layout()
-        path = folder / "skip_connections.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "skip_connections.png", dpi=110)]
 
 
 __all__ = ["CLAIMS", "SkipConnections", "model_spec"]

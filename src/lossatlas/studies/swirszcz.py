@@ -16,7 +16,7 @@ from torch import Tensor
 from lossatlas.data import load_data
 from lossatlas.errors import UserInputError
 from lossatlas.studies.batched import batched_descent, stacked_mlp, zoo_runs
-from lossatlas.studies.framework import Context, Row, rate_tolerance, wilson_interval
+from lossatlas.studies.framework import Context, Row, rate_tolerance, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
@@ -199,11 +199,7 @@ class XorJellyfish(Study):
                         label=f"{o} {a} (published)")
             ax.set(xlabel="hidden units h", ylabel="% successful runs", title=data, ylim=(-3, 103))
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "success.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, folder / "success.png", dpi=110)]
 
 
 __all__ = ["TABLE", "XorJellyfish"]
