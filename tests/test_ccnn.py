@@ -24,7 +24,7 @@ from lossatlas.models.ccnn import (
     patch_grid,
     rbf_kernel,
 )
-from lossatlas.nuclear import (
+from lossatlas.models.nuclear import (
     NuclearSpec,
     ccnn_objective,
     design_matrix,
@@ -163,7 +163,7 @@ def _small_problem() -> tuple:
 
 
 def test_gradient_and_lipschitz_constant() -> None:
-    from lossatlas.nuclear import _value_grad
+    from lossatlas.models.nuclear import _value_grad
 
     model, x, y = _small_problem()
     design = design_matrix(model.feature_matrix(x).double())
@@ -189,7 +189,7 @@ def two_solutions() -> tuple:
 def test_two_initialisations_reach_the_same_optimum(two_solutions: tuple) -> None:
     """Convex programme: from A = 0 and from a random A the same optimal value, certified by the first-order
     inequality of convexity F(θ₁) − F(θ₂) ≤ ⟨∇F(θ₁), θ₁ − θ₂⟩ (both ways) with a tiny right-hand side."""
-    from lossatlas.nuclear import _to_theta, _value_grad
+    from lossatlas.models.nuclear import _to_theta, _value_grad
 
     model, x, y, zero, rand = two_solutions
     assert zero.nuclear_norm <= 5.0 * (1 + 1e-9) and rand.nuclear_norm <= 5.0 * (1 + 1e-9)

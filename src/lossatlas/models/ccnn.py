@@ -12,7 +12,7 @@ Williams & Seeger 2001), the output is linear in one parameter matrix:
     f_k(x) = tr(Z(x) A_k) = Σ_p ⟨Q(z_p(x)), A_k[:, p]⟩,   Z(x) ∈ R^{P×m} with rows Q(z_p(x)),
 
 and A = [A_1, …, A_K] ∈ R^{m × KP} has rank ≤ r. The CCNN drops the rank constraint for its convex envelope,
-the nuclear-norm ball ‖A‖_* ≤ R (Sec. 3.2); :mod:`lossatlas.nuclear` solves that convex programme.
+the nuclear-norm ball ‖A‖_* ≤ R (Sec. 3.2); :mod:`lossatlas.models.nuclear` solves that convex programme.
 :class:`CCNN` is the resulting predictor as an ``nn.Module`` (parameters ``weight`` = A and ``bias``), so the
 engine evaluates it like any other model (interpolations between two solutions, surfaces).
 

@@ -18,7 +18,7 @@ from lossatlas.engine import EvalSpec
 from lossatlas.errors import UserInputError
 from lossatlas.landscape import interpolate
 from lossatlas.models.ccnn import PatchSpec, build_ccnn, cnn1
-from lossatlas.nuclear import NuclearSpec, ccnn_start, fit_ccnn
+from lossatlas.models.nuclear import NuclearSpec, ccnn_start, fit_ccnn
 from lossatlas.studies.framework import Context, Row, mean_interval, save_figure, wilson_interval
 from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
@@ -129,7 +129,7 @@ class CCNNStudy(Study):
     Method (Zhang et al. Sec. 3, Alg. 1 with one layer). Patches z_p(x) (:data:`PATCHES`), the RBF patch kernel
     with the median-heuristic γ and ``features`` random Fourier (or Nyström) features Q(z); the predictor
     f_k(x) = tr(Z(x) A_k) + b_k; the programme min F(A, b) (mean cross-entropy) s.t. ‖A‖_* ≤ R, solved by
-    accelerated projected gradient with an SVD projection onto the nuclear-norm ball (:mod:`lossatlas.nuclear`).
+    accelerated projected gradient with an SVD projection onto the nuclear-norm ball (:mod:`lossatlas.models.nuclear`).
     R is chosen among ``radii`` by accuracy on a held-out fifth of the training set (the paper cross-validates),
     then the programme is solved on the whole training set from A = 0 and from a random A. CNN-1: the same
     patches, ``cnn_filters`` ReLU filters and a linear layer, trained by SGD (momentum 0.9, batch 64) from

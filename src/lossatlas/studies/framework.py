@@ -1,4 +1,4 @@
-"""Running a study: rows and verdicts, intervals, the resumable per-cell context, and :func:`run_study`.
+"""Running a study: rows and verdicts, intervals, the resumable per-cell context (used by ``runner.run_study``).
 
 A study's :meth:`~lossatlas.studies.registry.Study.run` hands its cells (the unit of resume: one ``k`` of
 Safran & Shamir, one ``(data, activation, optimizer, h)`` of the XOR table) to :meth:`Context.map`. Every
