@@ -55,6 +55,14 @@ def test_check_judges_rows() -> None:
     assert rows[("mean_sq_norm_ratio", "orthogonal")].measured == pytest.approx(1.0, abs=1e-7)  # NaN padding ignored
     # a deviation of ~1.5e-6 in the norm is outside the 1e-6 tolerance
     assert rows[("orthogonal_max_norm_deviation", None)].verdict == "differs"
+    # orthogonal means have a zero-width interval (exact SD 0): rounding (1 − 1.1e-16, as at depth 50 and 100 of the
+    # full run) agrees, a real deviation does not
+    ratio[1, 0, :50] = 0.9999999999999999
+    ortho = {(r.quantity, r.key.get("scheme")): r for r in params.check(ds.copy(data={"ratio": ratio}))}
+    assert ortho[("mean_sq_norm_ratio", "orthogonal")].verdict == "agrees"
+    ratio[1, 0, :50] = 1.0 - 1e-3
+    ortho = {(r.quantity, r.key.get("scheme")): r for r in params.check(ds.copy(data={"ratio": ratio}))}
+    assert ortho[("mean_sq_norm_ratio", "orthogonal")].verdict == "differs"
     ds["ratio"][0] = exact * 1.5  # 4 / √400 · SD(r_3) ≈ 1.3 < 4 = 0.5 · exact
     assert {(r.quantity, r.key.get("scheme")): r for r in params.check(ds)}[
         ("mean_sq_norm_ratio", "residual")].verdict == "differs"
