@@ -60,6 +60,10 @@ def test_decide_covers_interval_tolerance_text_and_missing():
     assert decide(0.25, 0.33, (0.28, 0.38), 0.03) == "agrees"  # lo - tolerance = 0.25
     assert decide(1.0, 1.0 + 1e-13, None, 1e-12) == "agrees"
     assert decide(1.0, 1.0 + 1e-11, None, 1e-12) == "differs"
+    # float rounding is not a difference, even with a zero-width interval and no tolerance; a real gap still is
+    assert decide(1.0, 0.9999999999999999, (0.9999999999999999, 0.9999999999999999), 0.0) == "agrees"
+    assert decide(1e6, 1e6 * (1 - 2e-16), None, 0.0) == "agrees"
+    assert decide(1.0, 1.0 - 1e-12, (1.0 - 1e-12, 1.0 - 1e-12), 0.0) == "differs"
     assert decide("saddle", "saddle", None, 0) == "agrees" and decide("saddle", "minimum", None, 0) == "differs"
     assert decide(None, 1.0, None, 0) == "not comparable" and decide(1.0, float("nan"), None, 0) == "not comparable"
 

@@ -41,18 +41,25 @@ def _is_missing(value: Value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+ROUNDING = 8 * 2.220446049250313e-16
+"""Relative slack added to every numeric tolerance: a few float64 ulps."""
+
+
 def decide(published: Value, measured: Value, ci: tuple[float, float] | None, tolerance: float) -> str:
     """The verdict of one comparison.
 
     ``"not comparable"`` when either value is missing; for text values ``"agrees"`` iff equal; for numbers
     ``"agrees"`` iff the published value lies in ``[lo − tolerance, hi + tolerance]`` of the measured
-    interval, or (no interval) iff ``|measured − published| ≤ tolerance``; ``"differs"`` otherwise.
+    interval, or (no interval) iff ``|measured − published| ≤ tolerance``; ``"differs"`` otherwise. The tolerance
+    always includes float64 rounding (:data:`ROUNDING` relative), so an exact quantity computed to the last bit
+    is never called a difference.
     """
     if _is_missing(published) or _is_missing(measured):
         return "not comparable"
     if isinstance(published, str) or isinstance(measured, str):
         return "agrees" if str(published) == str(measured) else "differs"
     assert isinstance(published, float | int) and isinstance(measured, float | int)
+    tolerance += ROUNDING * max(1.0, abs(float(published)))  # 1 − 1.1e-16 is not a difference
     if ci is not None:
         lo, hi = ci
         return "agrees" if lo - tolerance <= published <= hi + tolerance else "differs"
