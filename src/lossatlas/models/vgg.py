@@ -31,6 +31,15 @@ from lossatlas.models.resnet import image_channels, require_positive
 VGG9_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
 
 
+
+def _fc_head(in_features: int, width: int, batch_norm: bool) -> nn.Sequential:
+    """VGG-9's hidden fully connected layer: Linear (+ BatchNorm1d) + ReLU (names fc.0, fc.1[, fc.2])."""
+    layers: list[nn.Module] = [nn.Linear(in_features, width)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(width))
+    layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
 class VGG(nn.Module):
     """VGG-style CNN: conv3x3(+BN)+ReLU stack with conditional max-pools, then FC(+BN)+ReLU, then FC.
 
@@ -63,11 +72,7 @@ class VGG(nn.Module):
             layers.append(nn.ReLU())
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        fc: list[nn.Module] = [nn.Linear(channels * h * w, channels)]
-        if batch_norm:
-            fc.append(nn.BatchNorm1d(channels))
-        fc.append(nn.ReLU())
-        self.fc = nn.Sequential(*fc)
+        self.fc = _fc_head(channels * h * w, channels, batch_norm)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,11 +101,7 @@ class VGG1d(nn.Module):
             layers.append(nn.ReLU())
             channels = int(item)
         self.features = nn.Sequential(*layers)
-        fc: list[nn.Module] = [nn.Linear(channels * n, channels)]
-        if batch_norm:
-            fc.append(nn.BatchNorm1d(channels))
-        fc.append(nn.ReLU())
-        self.fc = nn.Sequential(*fc)
+        self.fc = _fc_head(channels * n, channels, batch_norm)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
