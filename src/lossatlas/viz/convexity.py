@@ -58,20 +58,25 @@ def _hatch(ax: Any, ds: xr.Dataset, bad: np.ndarray) -> int:
     return int(bad.sum())
 
 
+def integer_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ticks, bounds)`` of a discrete scale for integer data: one bin per distinct value (up to 12), else
+    integer bins of equal width; boundaries half-way between integers (shared by the static and report figures)."""
+    present = np.unique(np.round(values[np.isfinite(values)]).astype(int))
+    if present.size == 0:
+        present = np.array([0])
+    if present.size <= 12:
+        bounds = np.concatenate([[present[0] - 0.5], (present[1:] + present[:-1]) / 2, [present[-1] + 0.5]])
+        return present, bounds
+    step = int(np.ceil((present[-1] - present[0] + 1) / 12))
+    ticks = np.arange(present[0], present[-1] + 1, step)
+    return ticks, np.concatenate([ticks - 0.5, [ticks[-1] + step - 0.5]])
+
+
 def integer_norm(values: np.ndarray) -> tuple[BoundaryNorm, np.ndarray, Any]:
     """A discrete colour scale for integer data: one colour per distinct value (up to 12), else integer bins.
 
     Returns ``(norm, ticks, cmap)``; the colour bar's boundaries fall half-way between integers."""
-    finite = np.unique(np.round(values[np.isfinite(values)]).astype(int))
-    if finite.size == 0:
-        finite = np.array([0])
-    if finite.size <= 12:
-        ticks = finite
-        bounds = np.concatenate([[finite[0] - 0.5], (finite[1:] + finite[:-1]) / 2, [finite[-1] + 0.5]])
-    else:
-        step = int(np.ceil((finite[-1] - finite[0] + 1) / 12))
-        ticks = np.arange(finite[0], finite[-1] + 1, step)
-        bounds = np.concatenate([ticks - 0.5, [ticks[-1] + step - 0.5]])
+    ticks, bounds = integer_bins(values)
     cmap = plt.get_cmap("cividis", len(bounds) - 1).with_extremes(bad=NOT_ANALYSED)
     return BoundaryNorm(bounds, len(bounds) - 1), ticks, cmap
 

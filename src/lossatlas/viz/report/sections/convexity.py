@@ -33,16 +33,9 @@ def discrete_scale(values: np.ndarray) -> tuple[list[list], float, float, list[i
     """A plotly colour scale with one flat colour per integer value present (up to 12, else integer bins).
 
     Returns ``(colorscale, zmin, zmax, tickvals)``: boundaries half-way between integers, ticks on the values."""
-    present = np.unique(np.round(values[np.isfinite(values)]).astype(int))
-    if present.size == 0:
-        present = np.array([0])
-    if present.size <= 12:
-        ticks = present
-        bounds = np.concatenate([[present[0] - 0.5], (present[1:] + present[:-1]) / 2, [present[-1] + 0.5]])
-    else:
-        step = int(np.ceil((present[-1] - present[0] + 1) / 12))
-        ticks = np.arange(present[0], present[-1] + 1, step)
-        bounds = np.concatenate([ticks - 0.5, [ticks[-1] + step - 0.5]])
+    from lossatlas.viz.convexity import integer_bins
+
+    ticks, bounds = integer_bins(values)
     lo, hi = float(bounds[0]), float(bounds[-1])
     scale: list[list] = []
     for i in range(len(bounds) - 1):
