@@ -88,6 +88,19 @@ def test_run_prints_the_rows_and_writes_the_outputs(tmp_path):
     assert '<span style="color:#1a7f37;font-weight:600">agrees</span>' in html
     assert "<li>the Hessian cannot decide: a zero eigenvalue</li>" in html
     assert 'src="data:image/png;base64,' in html and "x^2+y^4" in html
+    # a note wrapped over several lines (as most studies' notes are) reaches the report whole
+    table = tmp_path / "critical-points" / "table.md"
+    table.write_text(table.read_text().replace("## Notes\n", "## Notes\n\n- Scale: a first line that wraps\n"
+                                               "    onto a second line & a third.\n", 1))
+    html = build_report(tmp_path, strict=True).path.read_text()
+    assert "<li>Scale: a first line that wraps onto a second line &amp; a third.</li>" in html
+
+
+def test_report_notes_join_wrapped_bullets():
+    from lossatlas.viz.report.sections.study import list_items
+
+    text = "- first item\n    continues here\n\n- second\n- third\n  and more\n"
+    assert list_items(text) == ["first item continues here", "second", "third and more"]
 
 
 def test_ctrl_c_keeps_cells_and_the_same_command_resumes(tmp_path):

@@ -53,6 +53,17 @@ def _image(path: Path) -> str:
             f"<figcaption>{esc(path.name)}</figcaption></figure>")
 
 
+def list_items(markdown: str) -> list[str]:
+    """The items of a Markdown bullet list, each with its indented continuation lines joined by spaces."""
+    items: list[list[str]] = []
+    for line in markdown.splitlines():
+        if line.startswith("- "):
+            items.append([line[2:].strip()])
+        elif line.strip() and items:
+            items[-1].append(line.strip())
+    return [" ".join(item) for item in items]
+
+
 @register("study", order=600, load=False)
 def study_section(store: Path, ds: xr.Dataset) -> Section | None:
     """One study: rows with coloured verdicts, notes, embedded figures; seed and parameters as provenance."""
@@ -71,12 +82,11 @@ def study_section(store: Path, ds: xr.Dataset) -> Section | None:
     table = folder / "table.md"
     if table.is_file() and "## Notes" in (text := table.read_text()):
         notes = text.split("## Notes", 1)[1].split("## Figures", 1)[0].strip()
-        parts.append("<h4>Notes</h4><ul>" + "".join(f"<li>{esc(line[2:].strip())}</li>" for line in
-                                                   notes.splitlines() if line.startswith("- ")) + "</ul>")
+        parts.append("<h4>Notes</h4><ul>" + "".join(f"<li>{esc(item)}</li>" for item in list_items(notes)) + "</ul>")
     parts += [_image(p) for p in sorted(folder.glob("*.png"))]
     provenance = {"study": payload.get("study"), "seed": payload.get("seed"), "preset": payload.get("preset"),
                   **{f"params.{k}": v for k, v in (payload.get("params") or {}).items()}}
     return Section(title=f"Study: {payload.get('study', folder.name)}", html="".join(parts), provenance=provenance)
 
 
-__all__ = ["rows_html", "study_section"]
+__all__ = ["list_items", "rows_html", "study_section"]
