@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lossatlas.cli import app
@@ -64,6 +65,20 @@ def test_bad_study_input_is_one_line(tmp_path, args, fragment):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
     assert not (tmp_path / "safran-shamir" / "cells").exists()
+
+
+@pytest.mark.parametrize("study, device, fragment", [
+    ("mnist1d-baselines", "tpu", "--set device must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("overparameterisation", "gpu", "--set device must be cpu, cuda or cuda:N, got 'gpu'"),
+    pytest.param("skip-connections", "cuda", "--set device=cuda asked for, but no CUDA device is available; use "
+                 "--set device=cpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+])
+def test_a_study_device_is_checked_before_any_work(tmp_path, study, device, fragment):
+    result = runner.invoke(app, ["study", "run", study, "--set", f"device={device}", "--out", str(tmp_path)],
+                           env={"COLUMNS": "300"})
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+    assert not (tmp_path / study).exists()
 
 
 def test_run_prints_the_rows_and_writes_the_outputs(tmp_path):

@@ -183,3 +183,14 @@ def test_studies_doc_lists_every_study_with_reproduce_lines(tmp_path):
         assert f"## `{name}`" in text and f"lossatlas study run {name} --full" in text
     assert "| kind | f=x^2+y^4 | degenerate | degenerate | — | 0 | agrees |  |" in text
     assert text.count("No full run is checked in yet.") == len(study_names()) - 1
+
+
+def test_resolve_device_auto_and_checks() -> None:
+    import torch
+
+    from lossatlas.studies.framework import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(UserInputError, match="must be cpu, cuda or cuda:N, got 'cuda:x'"):
+        resolve_device("cuda:x")

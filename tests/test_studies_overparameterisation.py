@@ -3,6 +3,8 @@ results, the level-set nets as specified, and the quick preset (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,14 @@ def test_yu_chen_cell_descends() -> None:
     out = _yu_chen_cell(study, {"d1": 6}, seed=3)
     x, y = random_regression(6, 2, study.data_seed)
     assert out["loss"].shape == (4,) and (out["loss"] < 0.5 * float((y ** 2).mean())).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_yu_chen_cell_on_cuda_equals_cpu() -> None:
+    study = Overparameterisation(samples=6, input_dim=2, runs=4, steps=300)
+    cpu = _yu_chen_cell(study, {"d1": 6}, seed=3)
+    cuda = _yu_chen_cell(dataclasses.replace(study, device="cuda"), {"d1": 6}, seed=3)
+    np.testing.assert_allclose(cuda["loss"], cpu["loss"], rtol=1e-8, atol=1e-12)
 
 
 def test_check_judges_rows() -> None:

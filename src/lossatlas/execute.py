@@ -288,6 +288,18 @@ def parse_memory(text: str | int) -> int:
     raise UserInputError(f"--memory must be a size like 2GB, 512MiB or 1000000 (bytes), got '{text}'")
 
 
+def check_device(device: str, flag: str = "--device ") -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked before any work: one line (``flag`` + value, e.g. ``--device cuda`` or
+    ``--set device=cuda``) when CUDA is asked for and absent, or the name is not a device."""
+    import torch
+
+    if not (device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device)):
+        raise UserInputError(f"{flag.strip().rstrip('=')} must be cpu, cuda or cuda:N, got '{device}'")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise UserInputError(f"{flag}{device} asked for, but no CUDA device is available; use {flag}cpu")
+    return device
+
+
 def make_executor(workers: int | None = None, scheduler: str | None = None, *, threads_per_worker: int = 1,
                   torch_threads: int | None = None, timeout: float = 4.0,
                   retries: int = 2) -> InProcessExecutor | DaskExecutor:
@@ -348,5 +360,6 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
         raise
 
 
-__all__ = ["ByValue", "DaskExecutor", "Executor", "InProcessExecutor", "Task", "WorkUnit", "make_executor",
+__all__ = ["ByValue", "DaskExecutor", "Executor", "InProcessExecutor", "Task", "WorkUnit", "check_device",
+           "make_executor",
            "parse_memory", "place_on_worker", "region_key", "run_unit", "set_worker_threads", "worker_device"]

@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from lossatlas import execute
 from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used by command modules
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.errors import NonFiniteError, UserInputError
@@ -227,13 +228,8 @@ class Precision(str, Enum):  # noqa: UP042 - the project's option style (Typer c
 
 
 def check_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise UserInputError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
-    return device
+    """``--device``: cpu, cuda or cuda:N, checked (one line when CUDA is absent)."""
+    return execute.check_device(device, "--device ")
 
 
 def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0,

@@ -134,8 +134,8 @@ def batched_descent(loss_fn: LossFn, theta: Mapping[str, Tensor], *, optimizer: 
     else:
         step_fn = vmap(grad_and_value(lambda x: loss_fn(views(x))))
     m, v2 = torch.zeros_like(flat), torch.zeros_like(flat)
-    active = torch.ones(r, dtype=torch.bool)
-    taken = torch.zeros(r, dtype=torch.long)
+    active = torch.ones(r, dtype=torch.bool, device=flat.device)
+    taken = torch.zeros(r, dtype=torch.long, device=flat.device)
     wanted = set(int(s) for s in snapshot_at)
     snaps: list[tuple[int, ParamDict]] = []
     beta1, beta2 = betas

@@ -20,7 +20,6 @@ from lossatlas.landscape import interpolate
 from lossatlas.models.ccnn import PatchSpec, build_ccnn, cnn1
 from lossatlas.models.nuclear import NuclearSpec, ccnn_start, fit_ccnn
 from lossatlas.studies.framework import Context, Row, mean_interval, save_figure, wilson_interval
-from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.training import TrainSpec, train
 
@@ -96,7 +95,7 @@ def _cnn_cell(params: CCNNStudy, cell: dict[str, Any], seed: int) -> dict[str, n
         spec = TrainSpec(epochs=params.cnn_epochs, batch_size=64, lr=params.cnn_lr, momentum=0.9, seed=seed + s,
                          save_every=params.cnn_epochs)
         with tempfile.TemporaryDirectory() as tmp:
-            net = train(model, data, spec, Path(tmp) / "run", device=resolve_device(params.device)).cpu()
+            net = train(model, data, spec, Path(tmp) / "run", device=params.device).cpu()
             metrics = np.genfromtxt(Path(tmp) / "run" / "metrics.csv", delimiter=",", names=True)
         nets.append(net.eval())
         final_loss.append(float(np.atleast_1d(metrics["train_loss"])[-1]))

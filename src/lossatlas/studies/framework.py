@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from lossatlas.execute import WorkUnit, make_executor
+from lossatlas.execute import WorkUnit, check_device, make_executor
 
 Value = float | str | None
 VERDICTS = ("agrees", "differs", "not comparable")
@@ -285,5 +285,15 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     return path
 
 
+def resolve_device(device: str) -> str:
+    """A study's ``device`` parameter: ``auto`` → ``cuda`` when a GPU is present, else ``cpu``; ``cpu``, ``cuda``,
+    ``cuda:N`` checked (one line naming ``--set device=cpu`` when CUDA is asked for and absent)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device, "--set device=")
+
+
 __all__ = ["Context", "Row", "StudyResult", "VERDICTS", "cell_id", "cell_seed", "decide", "mean_interval",
-           "rate_tolerance", "save_figure", "wilson_interval"]
+           "rate_tolerance", "resolve_device", "save_figure", "wilson_interval"]

@@ -28,13 +28,6 @@ NOTES_SOURCE = ("Lecture notes seed 001 ('Landscape Analysis and Representation'
                 "variance of H by 1/L (β-scaling) so that ‖z^L‖/‖x‖ = O(1).")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _norm_cell(params: Initialisation, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """Independent linear nets under one scheme: r_L = ‖z^L‖²/‖x‖² per run at every depth L of ``params.depths``
     (runs, depths), float64.
@@ -73,7 +66,7 @@ def _train_cell(params: Initialisation, cell: dict[str, Any], seed: int) -> dict
         spec = TrainSpec(epochs=params.train_epochs, batch_size=params.batch_size, lr=params.lr, momentum=0.9,
                          seed=run_seed, save_every=params.train_epochs)
         with tempfile.TemporaryDirectory() as tmp:
-            train(net, data, spec, Path(tmp) / "run", device=resolve_device(params.device))
+            train(net, data, spec, Path(tmp) / "run", device=params.device)
             metrics = np.genfromtxt(Path(tmp) / "run" / "metrics.csv", delimiter=",", names=True)
         losses.append(np.atleast_1d(metrics["train_loss"]))
     return {"train_loss": np.stack(losses), "init_norm_ratio": np.asarray(ratios)}
@@ -263,4 +256,4 @@ class Initialisation(Study):
         return [save_figure(fig, folder / "initialisation.png", dpi=120)]
 
 
-__all__ = ["Initialisation", "resolve_device"]
+__all__ = ["Initialisation"]

@@ -48,18 +48,19 @@ def random_regression(samples: int, dim: int, seed: int) -> tuple[Tensor, Tensor
 def sigmoid_net_loss(w1: Tensor, w2: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """Yu & Chen's objective per run: ½‖Y − W₂ σ(W₁ [X; 1])‖²_F / m for stacked W₁ (R, d₁, d₀ + 1), W₂ (R, 1, d₁),
     inputs x (m, d₀) and targets y (m, 1) → (R,)."""
-    xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1).T  # (d₀ + 1, m)
+    xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1).T  # (d₀ + 1, m)
     out = w2 @ torch.sigmoid(w1 @ xa)  # (R, 1, m)
     return 0.5 * ((out - y.T) ** 2).sum(dim=(1, 2)) / x.shape[0]
 
 
 def _yu_chen_cell(params: Overparameterisation, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """``runs`` sigmoid nets of hidden width d₁ on one fixed random data set, batched Adam, then lr / 10."""
-    x, y = random_regression(params.samples, params.input_dim, params.data_seed)
+    x, y = (t.to(params.device) for t in random_regression(params.samples, params.input_dim, params.data_seed))
     d1 = int(cell["d1"])
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same starts on every device
     theta = {"w1": torch.randn(params.runs, d1, params.input_dim + 1, generator=g, dtype=torch.float64),
              "w2": torch.randn(params.runs, 1, d1, generator=g, dtype=torch.float64) / math.sqrt(d1)}
+    theta = {k: v.to(params.device) for k, v in theta.items()}
 
     def loss(th: dict[str, Tensor]) -> Tensor:
         return sigmoid_net_loss(th["w1"], th["w2"], x, y)
@@ -67,14 +68,16 @@ def _yu_chen_cell(params: Overparameterisation, cell: dict[str, Any], seed: int)
     first = batched_descent(loss, theta, optimizer="adam", lr=params.lr, steps=params.steps, stacked=True)
     end = batched_descent(loss, first.theta, optimizer="adam", lr=params.lr / 10, steps=params.steps // 2,
                           stacked=True)
-    return {"loss": end.loss.numpy(), "grad_norm": end.grad_norm.numpy()}
+    return {"loss": end.loss.cpu().numpy(), "grad_norm": end.grad_norm.cpu().numpy()}
 
 
 def _fit_ends(spec: str, seeds: list[int], data: Dataset, params: Overparameterisation) -> list[torch.nn.Module]:
-    """Train one net per seed to (near) a minimum of the mean squared error: batched Adam, then lr / 10."""
-    x, y = data.split("train")
+    """Train one net per seed to (near) a minimum of the mean squared error: batched Adam (on ``params.device``),
+    then lr / 10; the nets come back on the CPU."""
+    x, y = (t.to(params.device, torch.float64) for t in data.split("train"))
     model, theta = zoo_runs(spec, seeds, input_shape=data.input_shape, output_dim=1)
-    loss = model_loss(model, x.double(), y.double(), lambda out, target: ((out - target) ** 2).mean(-1))
+    model, theta = model.to(params.device), {k: v.to(params.device) for k, v in theta.items()}
+    loss = model_loss(model, x, y, lambda out, target: ((out - target) ** 2).mean(-1))
     first = batched_descent(loss, theta, optimizer="adam", lr=params.lr, steps=params.steps)
     end = batched_descent(loss, first.theta, optimizer="adam", lr=params.lr / 10, steps=params.steps // 2)
     nets = []
@@ -82,7 +85,7 @@ def _fit_ends(spec: str, seeds: list[int], data: Dataset, params: Overparameteri
         net = build_model(spec, input_shape=data.input_shape, output_dim=1, seed=seeds[i])
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.copy_(run_slice(end.theta, i)[name].float())
+                p.copy_(run_slice(end.theta, i)[name].float().cpu())
         nets.append(net.eval())
     return nets
 
@@ -137,6 +140,7 @@ class Overparameterisation(Study):
     and Freeman & Bruna's dynamic string sampling (``lossatlas.paths.string``) searches a path below λ within
     ``max_beads`` beads and ``budget`` SGD steps; success means a path was found (a failure within the budget
     is evidence of disconnection, not proof). The normalised geodesic length of each found path is recorded.
+    ``device`` runs the batched descents (both parts) there; string sampling of these tiny nets stays on the CPU.
     """
 
     samples: int = 16
@@ -156,6 +160,7 @@ class Overparameterisation(Study):
     max_beads: int = 10
     budget: int = 2000
     data_seed: int = 1234
+    device: str = "cpu"
 
     PUBLISHED = Published(
         source="Yu & Chen 1995 (theorem as stated in the lecture notes, seed 003 / seed 001 Sec. 6.3: with d₁ = m "

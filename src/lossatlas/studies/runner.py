@@ -15,7 +15,7 @@ from typing import Any
 
 from lossatlas.errors import UserInputError
 from lossatlas.execute import make_executor
-from lossatlas.studies.framework import Context, StudyResult
+from lossatlas.studies.framework import Context, StudyResult, resolve_device
 from lossatlas.studies.registry import Study, get_study, params_json, parse_overrides
 from lossatlas.studies.tables import write_outputs
 
@@ -54,6 +54,9 @@ def run_study(name: str, preset: str = "quick", overrides: Mapping[str, str] | S
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserInputError(f"--seed must be a non-negative integer, got {seed!r}")
     params: Study = dataclasses.replace(info.preset(preset), **parse_overrides(info, overrides))  # type: ignore[type-var]
+    device = getattr(params, "device", None)
+    if isinstance(device, str):  # checked before any work; `auto` stored as resolved
+        params = dataclasses.replace(params, device=resolve_device(device))  # type: ignore[type-var]
     values = params_json(params)
     folder = Path(out_dir) / name
     config = {"study": name, "seed": seed, "params": values, "cache_version": _CACHE_VERSION}

@@ -21,7 +21,6 @@ from lossatlas.landscape import surface
 from lossatlas.models import build_model
 from lossatlas.paths.topology import sublevel_topology
 from lossatlas.studies.framework import Context, Row, save_figure, wilson_interval
-from lossatlas.studies.initialisation import resolve_device
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.training import OptimizerName, TrainSpec, train
 
@@ -40,7 +39,7 @@ def model_spec(depth: int, shortcut: bool, width: int) -> str:
 def _cell(params: SkipConnections, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """Train one net, then its 2-D filter-normalised surface, convexity map and the surface's local minima."""
     data = load_data(params.data)
-    device = resolve_device(params.device)
+    device = params.device
     depth, shortcut, width = int(cell["depth"]), bool(cell["shortcut"]), int(cell["width"])
     model = build_model(model_spec(depth, shortcut, width), input_shape=data.input_shape,
                         output_dim=data.output_dim, seed=seed)
