@@ -92,6 +92,19 @@ def test_safran_shamir_small_preset(tmp_path):
     ds = result.dataset
     assert (ds.max_increase.values <= 1e-12).all()  # GD was monotone: the early stop cannot change a verdict
     assert float(spurious[0].measured) == 100 * float(ds.spurious.values.mean())
+    # a spurious point with a negative eigenvalue (a saddle where GD stopped) is counted and named in the note
+    from lossatlas.studies.safran_shamir import SafranShamir
+
+    positive = next(r for r in result.rows if r.quantity == "min_eigenvalue_positive_pct")
+    assert positive.verdict == "agrees" and positive.measured == 100.0 and "λmin ≤ 0" not in positive.note
+    saddle = ds.copy(deep=True)
+    first = int(np.flatnonzero(saddle.spurious.values[0])[0])
+    saddle.min_eigenvalue.values[0, first] = -0.0027
+    params = SafranShamir(table1_ks=(6,), table2_ks=(), runs=40)
+    row = next(r for r in params.check(saddle) if r.quantity == "min_eigenvalue_positive_pct")
+    n = int(saddle.spurious.values[0].sum())
+    assert row.verdict == "differs" and row.measured == 100 * (n - 1) / n
+    assert f"here 1 of {n} have λmin ≤ 0 (lowest -0.0027)" in row.note
 
 
 # -- the batched trainers -----------------------------------------------------------------------------------------
@@ -124,6 +137,13 @@ def test_xor_jellyfish_small_preset_and_the_blind_spot(tmp_path):
     success = next(r for r in result.rows if r.quantity == "success_pct")
     assert success.key == {"data": "xor", "activation": "sigmoid", "optimizer": "gd", "h": 2}
     assert success.published == 90.0 and success.measured == 100 * float((ds.accuracy.values[0] >= 1).mean())
+    # 150 steps are too few: the rows differ, and their notes say how far the runs got
+    differing = [(i, r) for i, r in enumerate(r for r in result.rows if r.quantity == "success_pct")
+                 if r.verdict == "differs"]
+    assert differing
+    for i, row in differing:
+        acc = ds.accuracy.values[i]
+        assert f"median {100 * np.median(acc):.2f}%, best {100 * acc.max():.2f}%" in row.note
     blind = {r.quantity: r for r in result.rows if r.quantity.startswith("blind_spot")}
     assert all(r.verdict == "agrees" for r in blind.values())
     assert blind["blind_spot_hidden_change"].measured == 0.0 and blind["blind_spot_accuracy_pct"].measured == 50.0

@@ -162,9 +162,12 @@ class SafranShamir(Study):
             if eigs.size:
                 positive = int((eigs > 0).sum())
                 plo, phi = wilson_interval(positive, eigs.size)
+                note = "Safran & Shamir verify their spurious points are minima (positive definite Hessian): 100%"
+                if positive < eigs.size:
+                    note += (f"; here {eigs.size - positive} of {eigs.size} have λmin ≤ 0 (lowest {eigs.min():.2g}): "
+                             "saddles or degenerate points where gradient descent stopped")
                 rows.append(Row.compare("min_eigenvalue_positive_pct", key, 100.0, 100 * positive / eigs.size,
-                                        ci=(100 * plo, 100 * phi), note="Safran & Shamir verify their spurious "
-                                        "points are minima (positive definite Hessian): 100%"))
+                                        ci=(100 * plo, 100 * phi), note=note))
         return rows
 
     def _mean_row(self, quantity: str, key: dict[str, int], values: np.ndarray, published: float | None,
