@@ -27,10 +27,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from lossatlas import execute
 from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used by command modules
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.errors import NonFiniteError, UserInputError
+from lossatlas.execute import check_device  # noqa: F401 - `--device`, checked for the command modules
 
 _METAVARS = {"<int>": "N", "<float>": "NUMBER", "<path>": "PATH", "<str>": "TEXT"}
 """What an option without its own metavar shows instead of a Python type."""
@@ -225,11 +225,6 @@ class Precision(str, Enum):  # noqa: UP042 - the project's option style (Typer c
 
     float32 = "float32"
     float64 = "float64"
-
-
-def check_device(device: str) -> str:
-    """``--device``: cpu, cuda or cuda:N, checked (one line when CUDA is absent)."""
-    return execute.check_device(device, "--device ")
 
 
 def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model_seed: int = 0,

@@ -31,7 +31,6 @@ from lossatlas.models.resnet import image_channels, require_positive
 VGG9_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
 
 
-
 def _fc_head(in_features: int, width: int, batch_norm: bool) -> nn.Sequential:
     """VGG-9's hidden fully connected layer: Linear (+ BatchNorm1d) + ReLU (names fc.0, fc.1[, fc.2])."""
     layers: list[nn.Module] = [nn.Linear(in_features, width)]
@@ -39,6 +38,7 @@ def _fc_head(in_features: int, width: int, batch_norm: bool) -> nn.Sequential:
         layers.append(nn.BatchNorm1d(width))
     layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
 
 class VGG(nn.Module):
     """VGG-style CNN: conv3x3(+BN)+ReLU stack with conditional max-pools, then FC(+BN)+ReLU, then FC.
