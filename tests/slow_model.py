@@ -12,7 +12,7 @@ class Slow(nn.Module):
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.02)
+        time.sleep(0.1)  # long enough that a kill lands mid-run even when a pass evaluates many points
         return self.body(x)
 
 
