@@ -38,9 +38,13 @@ def list_studies() -> None:
 
 @study_app.command("show")
 @user_errors
-def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")]
-         ) -> None:
-    """A study's description, parameters with their quick and full presets, and the published table."""
+def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (see `lossatlas study list`).")],
+         results: Annotated[Path | None, typer.Option("--results", metavar="FILE",
+                                                      help="A results.json whose rows give the runs each row needs "
+                                                           "(default: docs/studies/NAME.json when present).")]
+         = None) -> None:
+    """A study's description, parameters with their quick and full presets, the published table, and the runs each
+    row needs to be decided (from the checked-in full run, docs/studies/NAME.json, or --results)."""
     from rich.table import Table
 
     from lossatlas.studies import get_study
@@ -65,6 +69,36 @@ def show(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name 
         out_console.print(table)
         if published.note:
             out_console.print(published.note, highlight=False)
+    _runs_needed(name, results)
+
+
+def _runs_needed(name: str, results: Path | None) -> None:
+    """Per row of a full run: source, margin, runs counted and the fewest runs that could decide it."""
+    from rich.table import Table
+
+    from lossatlas.studies.tables import fmt, fmt_key, read_rows, runs_text
+
+    if results is None:
+        here = Path("docs/studies") / f"{name}.json"
+        repo = Path(__file__).resolve().parents[3] / "docs" / "studies" / f"{name}.json"
+        results = here if here.is_file() else repo if repo.is_file() else None
+        if results is None:
+            out_console.print("no full run found (docs/studies/NAME.json); run `lossatlas study run NAME --full` and "
+                              "pass --results DIR/NAME/results.json for the runs each row needs", highlight=False)
+            return
+    elif not results.is_file():
+        raise UserInputError(f"--results: no such file '{results}'; give a study's results.json")
+    try:
+        payload, rows = read_rows(results)
+    except (KeyError, ValueError, TypeError):
+        raise UserInputError(f"--results: '{results}' is not a results.json of the current verdict rule; rerun "
+                             "the study") from None
+    table = Table(title=f"runs to decide each row (from {results}, {payload.get('preset', '?')} preset)")
+    for column in ("quantity", "key", "source", "margin", "runs / needed", "verdict"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.quantity, fmt_key(dict(row.key)), row.source, fmt(row.margin), runs_text(row), row.verdict)
+    out_console.print(table)
 
 
 @study_app.command("run")
@@ -83,7 +117,7 @@ def run(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (
     its finished cells when the same command is run again.
     """
     from lossatlas.studies import run_study
-    from lossatlas.studies.tables import note_refs, rows_rich, verdict_counts
+    from lossatlas.studies.tables import family_lines, note_refs, rows_rich, source_refs, verdict_counts
 
     if quick and full:
         raise UserInputError("give either --quick or --full, not both")
@@ -91,8 +125,12 @@ def run(name: Annotated[str, typer.Argument(metavar="NAME", help="A study name (
         result = run_study(name, "full" if full else "quick", set_ or [], seed=seed, out_dir=out, workers=workers,
                            progress=update, overwrite=overwrite)
     out_console.print(rows_rich(result.rows, title=f"{name} (seed {seed}, {result.preset} preset)"))
+    for i, source in enumerate(source_refs(result.rows)[1], 1):
+        out_console.print(f"[S{i}] {source}", highlight=False, markup=False)
     for i, note in enumerate(note_refs(result.rows)[1], 1):
         out_console.print(f"[{i}] {note}", highlight=False, markup=False)
+    for line in family_lines(result.rows):
+        out_console.print(f"family {line}", highlight=False, markup=False)
     out_console.print(f"{verdict_counts(result.rows)}; {result.computed} cells computed, {result.reused} reused; "
                       f"wrote {result.folder} (results.json, table.md, results.zarr"
                       + "".join(f", {p.name}" for p in result.figures) + ")", highlight=False)

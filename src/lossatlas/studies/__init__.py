@@ -2,11 +2,12 @@
 
 Each module reads like its paper's method section: a frozen dataclass of parameters registered with
 :func:`~lossatlas.studies.registry.study`, the published numbers as data, a batched ``run`` and a ``check``
-that prints published beside measured with an interval, a tolerance and a verdict.
+that prints the expected number (with its source: published, derived, protocol or sanity) beside the measured
+one, with an interval, a stated margin and a verdict (:mod:`lossatlas.studies.verdict`).
 
     from lossatlas.studies import run_study, study_names
     result = run_study("safran-shamir", "quick", {"runs": "200"}, seed=0, out_dir="runs/studies")
-    for row in result.rows: print(row.quantity, row.key, row.published, row.measured, row.verdict)
+    for row in result.rows: print(row.quantity, row.key, row.expected, row.source, row.measured, row.verdict)
 
 Built-in studies (names are the interface). Theory (Studies I): ``critical-points``, ``deep-linear``,
 ``single-neuron``, ``safran-shamir``, ``xor-jellyfish``, ``index-vs-error``. Empirical (Studies II):
@@ -38,11 +39,11 @@ from lossatlas.studies.framework import (
     Row,
     StudyResult,
     mean_interval,
-    rate_tolerance,
+    settle,
     wilson_interval,
 )
 from lossatlas.studies.registry import Published, Study, StudyInfo, get_study, parse_overrides, study, study_names
 from lossatlas.studies.runner import run_study
 
 __all__ = ["Context", "Published", "Row", "Study", "StudyInfo", "StudyResult", "get_study", "mean_interval",
-           "parse_overrides", "rate_tolerance", "run_study", "study", "study_names", "wilson_interval"]
+           "parse_overrides", "run_study", "settle", "study", "study_names", "wilson_interval"]

@@ -15,6 +15,7 @@ the study's PNG figures, and ``study.json`` (the configuration the cells belong 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,83 +30,133 @@ import numpy as np
 import xarray as xr
 
 from lossatlas.execute import WorkUnit, check_device, make_executor
+from lossatlas.studies.verdict import ALPHA, VERDICTS, Estimate, Expected, family_verdict, holm, judge, runs_needed
 
 Value = float | str | None
-VERDICTS = ("agrees", "differs", "not comparable")
 Z95 = 1.959963984540054
 """The two-sided 95% normal quantile."""
 
 
-# -- rows ---------------------------------------------------------------------------------------------
 def _is_missing(value: Value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-ROUNDING = 8 * 2.220446049250313e-16
-"""Relative slack added to every numeric tolerance: a few float64 ulps."""
-
-
-def decide(published: Value, measured: Value, ci: tuple[float, float] | None, tolerance: float) -> str:
-    """The verdict of one comparison.
-
-    ``"not comparable"`` when either value is missing; for text values ``"agrees"`` iff equal; for numbers
-    ``"agrees"`` iff the published value lies in ``[lo − tolerance, hi + tolerance]`` of the measured
-    interval, or (no interval) iff ``|measured − published| ≤ tolerance``; ``"differs"`` otherwise. The tolerance
-    always includes float64 rounding (:data:`ROUNDING` relative), so an exact quantity computed to the last bit
-    is never called a difference.
-    """
-    if _is_missing(published) or _is_missing(measured):
-        return "not comparable"
-    if isinstance(published, str) or isinstance(measured, str):
-        return "agrees" if str(published) == str(measured) else "differs"
-    assert isinstance(published, float | int) and isinstance(measured, float | int)
-    tolerance += ROUNDING * max(1.0, abs(float(published)))  # 1 − 1.1e-16 is not a difference
-    if ci is not None:
-        lo, hi = ci
-        return "agrees" if lo - tolerance <= published <= hi + tolerance else "differs"
-    return "agrees" if abs(measured - published) <= tolerance else "differs"
-
-
 @dataclass(frozen=True)
 class Row:
-    """One comparison: a quantity at a key, published beside measured.
+    """One comparison: a quantity at a key, the expected value (with its source and margin) beside the measured.
+
+    Build rows with :meth:`compare` (the verdict rule of :mod:`lossatlas.studies.verdict`) or :meth:`unconverged`;
+    :func:`settle` applies Holm's correction across each family once a study's rows are complete.
 
     Attributes:
         quantity: what is compared (``spurious_pct``, ``success_pct``, ``eigenvalue``, ``kind``, ...).
-        key: where in the published table (``{"k": 10, "n": 10}``).
-        published: the published (or closed-form) value; ``None`` when the paper gives none.
-        measured: our value; ``None`` (or NaN) when nothing could be measured (the note says why).
-        ci: our 95% interval ``(lo, hi)`` or ``None``.
-        tolerance: the stated slack added to the interval (or allowed difference without one).
-        verdict: ``"agrees"``, ``"differs"`` or ``"not comparable"`` (see :func:`decide`).
+        key: where in the table (``{"k": 10, "n": 10}``).
+        expected: the expected value (published, derived, or a protocol choice); ``None`` when there is none.
+        measured: our value; ``None`` when nothing could be measured (the note says why).
+        ci: our 95% interval of the measured value ``(lo, hi)``, or ``None``.
+        source: where the expected value comes from (:data:`~lossatlas.studies.verdict.SOURCES`).
+        ref: the paper, table and ``seed NNN:LINE``; or the function; or the protocol choice.
+        margin: the stated equivalence margin (in the quantity's units).
+        verdict: ``agrees``, ``differs``, ``inconclusive`` or ``not comparable``.
         note: why a row differs or cannot be compared, or how to read it.
+        family: the rows tested together (Holm); defaults to the quantity.
+        diff_ci90: the 90% interval of ``measured − expected`` (the equivalence test), when there is one.
+        p: the unadjusted p-value of ``measured = expected``; ``p_holm`` after Holm's correction in the family.
+        family_verdict: the verdict of the whole family (:func:`~lossatlas.studies.verdict.family_verdict`).
+        runs_needed: the fewest runs with which a result at the expected value would agree (rates, means).
+        runs, unconverged: runs counted, and runs left out because they did not converge.
     """
 
     quantity: str
     key: Mapping[str, Any]
-    published: Value
+    expected: Value
     measured: Value
     ci: tuple[float, float] | None
-    tolerance: float
+    source: str
+    ref: str
+    margin: float
     verdict: str
     note: str = ""
+    family: str = ""
+    diff_ci90: tuple[float, float] | None = None
+    p: float | None = None
+    p_holm: float | None = None
+    family_verdict: str = ""
+    runs_needed: int | None = None
+    runs: int | None = None
+    unconverged: int = 0
 
     @classmethod
-    def compare(cls, quantity: str, key: Mapping[str, Any], published: Value, measured: Value, *,
-                ci: tuple[float, float] | None = None, tolerance: float = 0.0, note: str = "") -> Row:
-        """A row whose verdict is computed by :func:`decide`."""
-        measured = None if _is_missing(measured) else measured
-        if isinstance(measured, np.generic):
-            measured = measured.item()
-        ci = None if ci is None or any(_is_missing(c) for c in ci) else (float(ci[0]), float(ci[1]))
-        return cls(quantity, dict(key), published, measured, ci, float(tolerance),
-                   decide(published, measured, ci, tolerance), note)
+    def compare(cls, quantity: str, key: Mapping[str, Any], expected: Expected, measured: Estimate, *,
+                note: str = "", family: str | None = None, unconverged: int = 0) -> Row:
+        """A row judged by :func:`lossatlas.studies.verdict.judge` (before the family correction)."""
+        j = judge(expected, measured)
+        ci = measured.interval(0.95)
+        value = measured.value
+        if isinstance(value, np.generic):
+            value = value.item()
+        runs = measured.n if measured.kind in ("rate", "sample") else None
+        return cls(quantity, dict(key), expected.value, None if _is_missing(value) else value, ci, expected.source,
+                   expected.ref, float(expected.margin), j.verdict, note, family or quantity, j.ci90, j.p, j.p,
+                   j.verdict, runs_needed(expected, measured), runs, int(unconverged))
+
+    @classmethod
+    def unconverged_row(cls, quantity: str, key: Mapping[str, Any], expected: Expected, *, runs: int,
+                        unconverged: int, criterion: str, family: str | None = None, note: str = "") -> Row:
+        """``not comparable (unconverged)``: too few of ``runs`` met the convergence ``criterion``."""
+        text = (f"not comparable (unconverged): {unconverged} of {runs} runs did not converge ({criterion})"
+                + (f"; {note}" if note else ""))
+        return cls(quantity, dict(key), expected.value, None, None, expected.source, expected.ref,
+                   float(expected.margin), "not comparable", text, family or quantity, runs=runs - unconverged,
+                   unconverged=unconverged, family_verdict="not comparable")
 
     def as_json(self) -> dict[str, Any]:
         """The ``results.json`` form of the row."""
-        return {"quantity": self.quantity, "key": dict(self.key), "published": self.published,
-                "measured": self.measured, "ci": list(self.ci) if self.ci else None,
-                "tolerance": self.tolerance, "verdict": self.verdict, "note": self.note}
+        return {"quantity": self.quantity, "key": dict(self.key), "expected": self.expected,
+                "measured": self.measured, "ci": list(self.ci) if self.ci else None, "source": self.source,
+                "ref": self.ref, "margin": self.margin, "verdict": self.verdict, "note": self.note,
+                "family": self.family, "diff_ci90": list(self.diff_ci90) if self.diff_ci90 else None,
+                "p": self.p, "p_holm": self.p_holm, "family_verdict": self.family_verdict,
+                "runs_needed": self.runs_needed, "runs": self.runs, "unconverged": self.unconverged}
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> Row:
+        """The inverse of :meth:`as_json`."""
+        pair = lambda v: tuple(v) if v else None  # noqa: E731
+        return cls(r["quantity"], r["key"], r["expected"], r["measured"], pair(r.get("ci")), r["source"], r["ref"],
+                   r["margin"], r["verdict"], r.get("note", ""), r.get("family", r["quantity"]),
+                   pair(r.get("diff_ci90")), r.get("p"), r.get("p_holm"), r.get("family_verdict", ""),
+                   r.get("runs_needed"), r.get("runs"), r.get("unconverged", 0))
+
+
+def settle(rows: Sequence[Row]) -> list[Row]:
+    """Holm's correction across each family (rows with the same ``family``): a row that differs before the
+    correction stays *differs* only if its Holm-adjusted p-value is below 5%, else it is *inconclusive*; every
+    row gets its family's verdict. Exact and text rows (p = 0 or 1) take part unchanged."""
+    families: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        families.setdefault(r.family or r.quantity, []).append(i)
+    out = list(rows)
+    for members in families.values():
+        tested = [i for i in members if rows[i].p is not None]
+        adjusted = holm([float(rows[i].p) for i in tested])  # type: ignore[arg-type]
+        for i, p_adj in zip(tested, adjusted, strict=True):
+            verdict = rows[i].verdict
+            if verdict == "differs" and p_adj >= ALPHA:
+                verdict = "inconclusive"
+            out[i] = dataclasses.replace(out[i], p_holm=p_adj, verdict=verdict)
+        fam = family_verdict([out[i].verdict for i in members])
+        for i in members:
+            out[i] = dataclasses.replace(out[i], family_verdict=fam)
+    return out
+
+
+def converged_runs(converged: np.ndarray, *, min_fraction: float = 0.5) -> tuple[np.ndarray, bool]:
+    """The convergence gate: ``(mask of runs that count, enough?)``. A cell is comparable when at least
+    ``min_fraction`` of its runs (and at least 2) met the stated criterion; the others are counted and reported,
+    never counted as failures."""
+    mask = np.asarray(converged, dtype=bool)
+    return mask, bool(mask.sum() >= max(2, math.ceil(min_fraction * mask.size)))
 
 
 # -- intervals ----------------------------------------------------------------------------------------
@@ -128,9 +179,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, hi
 
 
-def rate_tolerance(published_pct: float, runs: int) -> float:
-    """Sampling slack of a published rate: the larger half-width of its own Wilson 95% interval at the
-    paper's number of ``runs``, in percentage points (the published number is an estimate too)."""
+def rate_tolerance(published_pct: float, runs: int) -> float:  # TODO(issue 17): removed once no study uses it
     lo, hi = wilson_interval(round(published_pct / 100 * runs), runs)
     p = published_pct / 100
     return 100 * max(p - lo, hi - p)
@@ -295,5 +344,5 @@ def resolve_device(device: str) -> str:
     return check_device(device, "--set device=")
 
 
-__all__ = ["Context", "Row", "StudyResult", "VERDICTS", "cell_id", "cell_seed", "decide", "mean_interval",
-           "rate_tolerance", "resolve_device", "save_figure", "wilson_interval"]
+__all__ = ["Context", "Row", "StudyResult", "VERDICTS", "cell_id", "cell_seed", "converged_runs", "mean_interval",
+           "resolve_device", "save_figure", "settle", "wilson_interval"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from lossatlas.errors import UserInputError
 from lossatlas.execute import make_executor
-from lossatlas.studies.framework import Context, StudyResult, resolve_device
+from lossatlas.studies.framework import Context, StudyResult, resolve_device, settle
 from lossatlas.studies.registry import Study, get_study, params_json, parse_overrides
 from lossatlas.studies.tables import write_outputs
 
@@ -65,7 +65,7 @@ def run_study(name: str, preset: str = "quick", overrides: Mapping[str, str] | S
     with make_executor(workers) as executor:
         ctx = Context(seed=seed, folder=folder, executor=executor, progress=progress)
         ds = params.run(ctx)
-    rows = params.check(ds)
+    rows = settle(params.check(ds))  # Holm's correction within each family of rows
     elapsed = time.perf_counter() - start
     figures = params.figures(ds, folder)
     result = StudyResult(name=name, seed=seed, preset=preset, params=values, rows=rows, elapsed_s=elapsed,

@@ -1,7 +1,7 @@
 """Report section for ``lossatlas study run`` results: one section per study folder ``DIR/NAME/`` found through
-its ``results.zarr`` (root attr ``kind = "study"``). Shows the paper and claim, the rows (published beside
-measured, 95% interval, tolerance, verdict in colour, note references), the notes, the study's PNG figures
-embedded, and seed, preset and parameters as provenance (:mod:`lossatlas.studies`)."""
+its ``results.zarr`` (root attr ``kind = "study"``). Shows the paper and claim, the rows (expected with its
+source beside measured, 95% interval, margin, verdict in colour, source and note references), the notes,
+the study's PNG figures embedded, and seed, preset and parameters as provenance (:mod:`lossatlas.studies`)."""
 
 from __future__ import annotations
 
@@ -14,37 +14,47 @@ import xarray as xr
 
 from lossatlas.viz.report.registry import Section, esc, register
 
-COLOURS = {"agrees": "#1a7f37", "differs": "#cf222e", "not comparable": "#9a6700"}
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return str(int(value)) if value == int(value) and abs(value) < 1e6 else f"{value:.4g}"
-    return str(value)
+COLOURS = {"agrees": "#1a7f37", "differs": "#cf222e", "inconclusive": "#9a6700", "not comparable": "#6e7781"}
 
 
 def rows_html(rows: list[dict[str, Any]]) -> str:
-    """The ``results.json`` rows as an HTML table (every string escaped) with numbered notes below."""
-    notes = list(dict.fromkeys(r.get("note", "") for r in rows if r.get("note")))
-    head = "".join(f"<th>{h}</th>" for h in ("quantity", "key", "published", "measured", "95% CI", "tolerance",
-                                             "verdict", "note"))
+    """The ``results.json`` rows as an HTML table (every string escaped; the cells of
+    :func:`lossatlas.studies.tables.row_cells`), with the sources, the numbered notes and the families below."""
+    from lossatlas.studies.framework import Row
+    from lossatlas.studies.tables import HEADER, family_lines, note_refs, row_cells, runs_text, source_refs
+
+    if any("source" not in r for r in rows):
+        return "<p>These results predate the verdict rule (no source per row); rerun the study.</p>"
+    parsed = [Row.from_json(r) for r in rows]
+    srefs, sources = source_refs(parsed)
+    nrefs, notes = note_refs(parsed)
+    head = "".join(f"<th>{esc(h)}</th>" for h in (*HEADER, "runs / needed", "note"))
     body = []
-    for r in rows:
-        key = " ".join(f"{k}={_fmt(v)}" for k, v in (r.get("key") or {}).items())
-        ci = "—" if not r.get("ci") else f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]"
-        verdict = str(r.get("verdict", ""))
-        colour = COLOURS.get(verdict, "inherit")
-        ref = f"[{notes.index(r['note']) + 1}]" if r.get("note") else ""
-        cells = [esc(r.get("quantity", "")), esc(key), esc(_fmt(r.get("published"))), esc(_fmt(r.get("measured"))),
-                 esc(ci), esc(_fmt(r.get("tolerance"))),
-                 f'<span style="color:{colour};font-weight:600">{esc(verdict)}</span>', esc(ref)]
+    for row, sref, nref in zip(parsed, srefs, nrefs, strict=True):
+        cells = [esc(c) for c in row_cells(row, sref)]
+        colour = COLOURS.get(row.verdict, "inherit")
+        cells[-1] = f'<span style="color:{colour};font-weight:600">{cells[-1]}</span>'
+        cells += [esc(runs_text(row)), esc(nref)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     html = f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
+    html += "<p><b>Sources</b></p><ul>" + "".join(
+        f"<li>S{i}. {esc(t)}</li>" for i, t in enumerate(sources, 1)) + "</ul>"
     if notes:
-        html += "<ol>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>"
+        html += "<p><b>Notes on the rows</b></p><ol>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>"
+    families = family_lines(parsed)
+    if families:
+        html += "<p><b>Families (Holm-corrected together)</b></p><ul>" + "".join(
+            f"<li>{esc(f)}</li>" for f in families) + "</ul>"
     return html
+
+
+def _counts(rows: list[dict[str, Any]]) -> str:
+    from lossatlas.studies.framework import Row
+    from lossatlas.studies.tables import verdict_counts
+
+    if any("source" not in r for r in rows):
+        return "results predate the verdict rule"
+    return verdict_counts([Row.from_json(r) for r in rows])
 
 
 def _image(path: Path) -> str:
@@ -74,8 +84,7 @@ def study_section(store: Path, ds: xr.Dataset) -> Section | None:
     payload = json.loads(results.read_text())
     attrs = ds.attrs
     rows = payload.get("rows", [])
-    counts = {v: sum(r.get("verdict") == v for r in rows) for v in COLOURS}
-    summary = ", ".join(f'<span style="color:{COLOURS[v]}">{n} {esc(v)}</span>' for v, n in counts.items())
+    summary = esc(_counts(rows))
     parts = [f"<p><b>Paper:</b> {esc(attrs.get('paper', ''))}<br><b>Claim:</b> {esc(attrs.get('claim', ''))}<br>"
              f"<b>Verdicts:</b> {summary} · seed {esc(payload.get('seed'))}, {esc(payload.get('preset', '?'))} "
              f"preset, {esc(round(float(payload.get('elapsed_s', 0)), 1))} s</p>", rows_html(rows)]
