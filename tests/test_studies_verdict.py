@@ -24,7 +24,6 @@ from lossatlas.studies.verdict import (
     holm,
     judge,
     normal,
-    p_value,
     protocol,
     published,
     rate,
@@ -75,10 +74,23 @@ def test_a_significant_difference_inside_the_margin_still_agrees() -> None:
     assert j.verdict == "agrees" and j.p is not None and j.p < 0.05
 
 
-def test_p_value_inverts_the_interval() -> None:
-    e, est = published(0.0, PAPER, 1.0), normal(1.3, 0.7)
-    expected = 2 * (1 - norm.cdf(1.3 / 0.7))
-    assert p_value(lambda level: difference_interval(e, est, level)) == pytest.approx(expected, rel=1e-6)
+def test_rates_are_tested_exactly_at_small_counts() -> None:
+    """1 spurious run of 40 against the paper's 3 of 1000: Fisher's exact test, by a naive hypergeometric sum."""
+    def hyper(k: int) -> float:  # P[X = k] with margins 41 events / 1040 runs, 40 drawn
+        return math.comb(4, k) * math.comb(1036, 40 - k) / math.comb(1040, 40)
+
+    observed = hyper(1)
+    fisher = sum(hyper(k) for k in range(5) if hyper(k) <= observed * (1 + 1e-7))
+    j = judge(published(0.3, PAPER, MARGIN_RATE, runs=1000), rate(1, 40))
+    assert j.p == pytest.approx(fisher, rel=1e-6) and 0.1 < fisher < 0.2
+    assert j.verdict == "inconclusive"  # the Wilson-based interval alone would have said "differs"
+    ci95 = difference_interval(published(0.3, PAPER, MARGIN_RATE, runs=1000), rate(1, 40), 0.95)
+    assert ci95 is not None and ci95[0] > 0
+
+
+def test_a_normal_p_value_is_the_closed_form() -> None:
+    j = judge(published(0.0, PAPER, 0.1), normal(1.3, 0.7))
+    assert j.p == pytest.approx(2 * (1 - norm.cdf(1.3 / 0.7)), rel=1e-9)
 
 
 def test_holm_by_hand() -> None:
@@ -136,6 +148,11 @@ def test_runs_needed_is_the_smallest_count_that_decides() -> None:
     # the paper's own 100 runs are already wider than +-5 points: no run count can make it agree
     assert runs_needed(published(68.0, PAPER, MARGIN_RATE, runs=100), rate(86, 100)) is None
     assert runs_needed(published(68.0, PAPER, MARGIN_RATE, runs=100), exact(86.0)) is None
+    # at 100% the interval is one-sided: all of its width must fit below the margin
+    full = runs_needed(published(100.0, PAPER, MARGIN_RATE), rate(10, 10))
+    assert full is not None and 40 < full < 60
+    lo = difference_interval(published(100.0, PAPER, MARGIN_RATE), rate(full, full), 0.90)
+    assert lo is not None and lo[0] >= -MARGIN_RATE
 
 
 def test_sources_are_checked_at_construction() -> None:

@@ -281,9 +281,10 @@ own sampling error is included: Newcombe's hybrid score interval for two proport
 
 - **agrees** when the 90% interval of d lies inside ±margin: two one-sided tests at 5% each (an equivalence
   test; a wide interval cannot agree);
-- **differs** when the 95% interval of d excludes 0 after Holm's correction across the rows that test one claim
-  together (a *family*: a table's column, a family of depths; the family's verdict is printed under the table),
-  so a family of true claims is called different in at most 5% of runs however many rows it has;
+- **differs** when the 95% interval of d excludes 0 (for rates: when an exact test of d = 0 rejects, Fisher's for
+  two proportions or the binomial test against a fixed rate) after Holm's correction across the rows that test one
+  claim together (a *family*: a table's column, a family of depths; the family's verdict is printed under the
+  table), so a family of true claims is called different in at most 5% of runs however many rows it has;
 - **inconclusive** otherwise: the runs cannot tell. The column *runs / needed* gives the runs counted and the
   fewest with which a result at the expected value would agree (*never* when the paper's own runs are too few
   for the margin);
@@ -293,12 +294,12 @@ own sampling error is included: Newcombe's hybrid score interval for two proport
 Exact quantities (closed forms, counts, labels) agree within the margin (float rounding at least) and differ
 otherwise.
 
-**Worked example** (XOR, ReLU, h = 4, Adam). Swirszcz et al. report 68% success over 100 runs; suppose we
-measure 86 of 100. d = +18 points. Newcombe's 90% interval of d is [8.3, 27.4]: not inside ±5, so the row
-cannot agree. The 95% interval [6.4, 29.1] excludes 0 (p = 0.0027); its family has 6 rows, and Holm multiplies
-the smallest p by 6: 0.016 < 0.05, so the row **differs**. Had we measured 70 of 100, d = +2 with a 90%
-interval of [−8.7, 12.6]: neither inside ±5 nor excluding 0, so **inconclusive**; in fact no run count
-could make this row agree, because the paper's 100 runs alone give ±7.7 points at 90%.
+**Worked example** (XOR, ReLU, h = 4, Adam). Swirszcz et al. report 68% success over 100 runs; suppose we measure
+86 of 100. d = +18 points. Newcombe's 90% interval of d is [8.3, 27.4]: not inside ±5, so the row cannot agree. The
+95% interval [6.4, 29.1] excludes 0 and Fisher's exact test of d = 0 gives p = 0.0040; its family has 6 rows, and
+Holm multiplies the smallest p by 6: 0.024 < 0.05, so the row **differs**. Had we measured 70 of 100, d = +2 with a
+90% interval of [−8.7, 12.6]: neither inside ±5 nor excluding 0, so **inconclusive**; in fact no run count could
+make this row agree, because the paper's 100 runs alone give ±7.7 points at 90%.
 """
 
 

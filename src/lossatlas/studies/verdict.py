@@ -8,28 +8,30 @@ score interval for two proportions, Newcombe 1998, method 10):
 
 * **agrees** when the 90% interval of d lies inside ``[−margin, +margin]``: two one-sided tests at 5% each
   (Schuirmann 1987), i.e. the data show the difference is smaller than the margin;
-* **differs** when the 95% interval of d excludes 0, after Holm's step-down correction (Holm 1979) across the
-  rows of one *family* (the rows that test one claim together: a table's column, a family of depths), so a
-  family of true claims is called different in at most 5% of runs, however many rows it has;
+* **differs** when the 95% interval of d excludes 0 (for rates: when an exact test of d = 0 rejects at 5%, Fisher's
+  for two proportions or the binomial test against a fixed rate, since score intervals over-call a difference at
+  one or two events), after Holm's step-down correction (Holm 1979) across the rows of one *family* (the rows that
+  test one claim together: a table's column, a family of depths), so a family of true claims is called different in
+  at most 5% of runs, however many rows it has;
 * **inconclusive** otherwise: the runs cannot tell (too few, or an interval wider than the contrast).
 
 Exact quantities (an :func:`exact` estimate: a closed form, a count, a label) have no interval: they agree when
 ``|d| ≤ margin`` (float rounding is always added, :data:`ROUNDING`) and differ otherwise. A row whose runs did
-not converge is **not comparable** (:func:`unconverged`), never *differs*; so is a row with a value missing.
+not converge is **not comparable** (:meth:`lossatlas.studies.framework.Row.unconverged_row`), never *differs*; so is a row with a value missing.
 
-Worked example (docs/studies.md repeats it): XOR, ReLU, h = 4, Adam. The paper reports 68% success over 100
-runs; we measure 86 of 100. d = 18 points; Newcombe's 90% interval of d is [8.3, 27.4], not inside ±5 (the
-margin of every rate, :data:`MARGIN_RATE`), so it cannot agree; the 95% interval [6.4, 29.1] excludes 0
-(p = 0.0027), and with the other 5 rows of its family (Holm: p × 6 = 0.016 < 0.05 when it is the smallest) the
-row **differs**. Note that no result could *agree* here: the paper's own 100 runs give ±7.7 points at 90%,
-wider than the margin by themselves (``runs_needed`` is None: the row can differ or be inconclusive only).
+Worked example (docs/studies.md repeats it): XOR, ReLU, h = 4, Adam. The paper reports 68% success over 100 runs;
+we measure 86 of 100. d = 18 points; Newcombe's 90% interval of d is [8.3, 27.4], not inside ±5 (the margin of
+every rate, :data:`MARGIN_RATE`), so it cannot agree; the 95% interval [6.4, 29.1] excludes 0 and Fisher's exact
+test gives p = 0.0040; with the other 5 rows of its family (Holm: p × 6 = 0.024 < 0.05 when it is the smallest) the
+row **differs**. Note that no result could *agree* here: the paper's own 100 runs give ±7.7 points at 90%, wider
+than the margin by themselves (``runs_needed`` is None: the row can differ or be inconclusive only).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from statistics import NormalDist
@@ -262,24 +264,6 @@ def difference_interval(expected: Expected, measured: Estimate, level: float) ->
     return None if ci is None else (ci[0] - e, ci[1] - e)
 
 
-def p_value(interval_at: Callable[[float], tuple[float, float] | None]) -> float:
-    """The two-sided p-value of ``d = 0`` implied by a family of intervals: the largest α whose ``1 − α``
-    interval still contains 0 (bisection in log α; the test the intervals invert)."""
-    def contains(alpha: float) -> bool:
-        ci = interval_at(1 - alpha)
-        return ci is None or ci[0] <= 0 <= ci[1]
-
-    lo, hi = 1e-15, 1 - 1e-9
-    if not contains(lo):
-        return lo
-    if contains(hi):
-        return 1.0
-    for _ in range(60):  # contains(lo) is True, contains(hi) is False
-        mid = math.exp((math.log(lo) + math.log(hi)) / 2)
-        lo, hi = (mid, hi) if contains(mid) else (lo, mid)
-    return hi
-
-
 @dataclass(frozen=True)
 class Judgement:
     """One row's test before the family correction."""
@@ -309,8 +293,6 @@ def judge(expected: Expected, measured: Estimate) -> Judgement:
     ci90 = difference_interval(expected, measured, 1 - 2 * ALPHA)
     ci95 = difference_interval(expected, measured, 1 - ALPHA)
     p = _closed_form_p(expected, measured, d)
-    if p is None:  # rates: invert the score intervals
-        p = p_value(lambda level: difference_interval(expected, measured, level))
     if ci90 is not None and -margin <= ci90[0] and ci90[1] <= margin:
         verdict = "agrees"
     elif p < ALPHA:
@@ -320,15 +302,29 @@ def judge(expected: Expected, measured: Estimate) -> Judgement:
     return Judgement(verdict, d, ci90, ci95, p)
 
 
-def _closed_form_p(expected: Expected, measured: Estimate, d: float) -> float | None:
-    """The p-value of ``d = 0`` for normal and Student-t intervals (the test they invert); None for rates."""
+def _closed_form_p(expected: Expected, measured: Estimate, d: float) -> float:
+    """The p-value of ``d = 0``: for normal and Student-t estimates the test their intervals invert; for rates an
+    exact test (Fisher's for two proportions when the paper states its run count, the binomial test against a
+    fixed rate otherwise), since score intervals over-call differences at one or two events."""
     if measured.kind == "normal":
         se = measured.se
         return 1.0 if d == 0 else (0.0 if se == 0 else 2 * _NORMAL.cdf(-abs(d) / se))
     if measured.kind == "sample":
         se = math.hypot(measured.sd / math.sqrt(measured.n), expected.se or 0.0)
         return 1.0 if d == 0 else (0.0 if se == 0 else min(1.0, 2 * _t_sf(abs(d) / se, measured.n - 1)))
-    return None
+    return _exact_rate_p(expected, measured)
+
+
+def _exact_rate_p(expected: Expected, measured: Estimate) -> float:
+    from scipy.stats import binomtest, fisher_exact
+
+    e = float(expected.value)  # type: ignore[arg-type]
+    if expected.runs:
+        n2 = int(expected.runs)
+        s2 = min(n2, max(0, round(e / 100 * n2)))
+        table = [[measured.successes, measured.n - measured.successes], [s2, n2 - s2]]
+        return float(fisher_exact(table).pvalue)
+    return float(binomtest(measured.successes, measured.n, min(1.0, max(0.0, e / 100))).pvalue)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -360,10 +356,7 @@ def runs_needed(expected: Expected, measured: Estimate, limit: int = 10_000_000)
         else:
             est = Estimate(e, "sample", n=n, sd=measured.sd)
         ci = difference_interval(replace(expected, margin=margin), est, 1 - 2 * ALPHA)
-        if ci is None:
-            return False
-        half = (ci[1] - ci[0]) / 2
-        return half <= margin
+        return ci is not None and -margin <= ci[0] and ci[1] <= margin
 
     n = 2
     while not fits(n):
@@ -397,5 +390,5 @@ def seed_ref(ref: str) -> list[tuple[str, int]]:
 
 __all__ = ["ALPHA", "MARGIN_ACCURACY", "MARGIN_RATE", "MARGIN_RELATIVE", "Estimate", "Expected", "Judgement",
            "ROUNDING", "half_unit", "relative_margin", "SOURCES", "VERDICTS", "derived",
-           "difference_interval", "exact", "family_verdict", "holm", "judge", "normal", "p_value", "protocol",
+           "difference_interval", "exact", "family_verdict", "holm", "judge", "normal", "protocol",
            "published", "rate", "runs_needed", "sample", "sanity", "seed_ref", "wilson"]
