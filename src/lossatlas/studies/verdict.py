@@ -17,7 +17,8 @@ score interval for two proportions, Newcombe 1998, method 10):
 
 Exact quantities (an :func:`exact` estimate: a closed form, a count, a label) have no interval: they agree when
 ``|d| ≤ margin`` (float rounding is always added, :data:`ROUNDING`) and differ otherwise. A row whose runs did
-not converge is **not comparable** (:meth:`lossatlas.studies.framework.Row.unconverged_row`), never *differs*; so is a row with a value missing.
+not converge is **not comparable** (:meth:`lossatlas.studies.framework.Row.unconverged_row`), never *differs*; so
+is a row with a value missing.
 
 Worked example (docs/studies.md repeats it): XOR, ReLU, h = 4, Adam. The paper reports 68% success over 100 runs;
 we measure 86 of 100. d = 18 points; Newcombe's 90% interval of d is [8.3, 27.4], not inside ±5 (the margin of
