@@ -15,8 +15,9 @@ import pytest
 import xarray as xr
 
 from lossatlas.errors import UserInputError
-from lossatlas.studies import get_study, mean_interval, parse_overrides, rate_tolerance, run_study, study_names
-from lossatlas.studies.framework import Row, cell_seed, decide, wilson_interval
+from lossatlas.studies import get_study, mean_interval, parse_overrides, run_study, study_names
+from lossatlas.studies.framework import Row, cell_seed, settle, wilson_interval
+from lossatlas.studies.verdict import derived, exact, published, rate, sample
 from lossatlas.studies.tables import read_rows, rows_markdown, studies_markdown
 from tests import studies_fixture
 
@@ -49,35 +50,30 @@ def test_mean_interval_is_student_t():
     assert mean_interval([4.0])[1] is None and math.isnan(mean_interval([])[0])
 
 
-def test_rate_tolerance_is_the_published_wilson_half_width():
-    lo, hi = wilson_interval(346, 1000)
-    assert math.isclose(rate_tolerance(34.6, 1000), 100 * max(0.346 - lo, hi - 0.346), rel_tol=1e-12)
-
-
-def test_decide_covers_interval_tolerance_text_and_missing():
-    assert decide(0.30, 0.33, (0.28, 0.38), 0.0) == "agrees"
-    assert decide(0.25, 0.33, (0.28, 0.38), 0.0) == "differs"
-    assert decide(0.25, 0.33, (0.28, 0.38), 0.03) == "agrees"  # lo - tolerance = 0.25
-    assert decide(1.0, 1.0 + 1e-13, None, 1e-12) == "agrees"
-    assert decide(1.0, 1.0 + 1e-11, None, 1e-12) == "differs"
-    # float rounding is not a difference, even with a zero-width interval and no tolerance; a real gap still is
-    assert decide(1.0, 0.9999999999999999, (0.9999999999999999, 0.9999999999999999), 0.0) == "agrees"
-    assert decide(1e6, 1e6 * (1 - 2e-16), None, 0.0) == "agrees"
-    assert decide(1.0, 1.0 - 1e-12, (1.0 - 1e-12, 1.0 - 1e-12), 0.0) == "differs"
-    assert decide("saddle", "saddle", None, 0) == "agrees" and decide("saddle", "minimum", None, 0) == "differs"
-    assert decide(None, 1.0, None, 0) == "not comparable" and decide(1.0, float("nan"), None, 0) == "not comparable"
-
-
-def test_row_json_round_trip_and_markdown_notes(tmp_path):
-    rows = [Row.compare("spurious_pct", {"k": 6, "n": 6}, 0.3, 1.0, ci=(0.34, 2.9), tolerance=0.58),
-            Row.compare("objective", {"k": 8, "n": 8}, 0.021, 0.0216, tolerance=0.0005, note="why it differs")]
-    assert [r.verdict for r in rows] == ["agrees", "differs"]
+def test_row_json_round_trip_and_markdown_sources_notes_families(tmp_path):
+    rows = settle([
+        Row.compare("spurious_pct", {"k": 6, "n": 6}, published(0.3, "Safran & Shamir 2018, Table 1", 5.0, runs=1000),
+                    rate(1, 300), family="spurious_pct, Table 1"),
+        Row.compare("spurious_pct", {"k": 8, "n": 8}, published(12.6, "Safran & Shamir 2018, Table 1", 5.0, runs=1000),
+                    rate(16, 100), family="spurious_pct, Table 1"),
+        Row.compare("objective", {"k": 8, "n": 8}, derived(0.021, "lossatlas.studies.teacher_student.population_loss"),
+                    exact(0.0216), note="why it differs")])
+    assert [r.verdict for r in rows] == ["agrees", "inconclusive", "differs"]
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"rows": [r.as_json() for r in rows]}))
     assert read_rows(path)[1] == rows
     text = rows_markdown(rows)
-    assert "| objective | k=8 n=8 | 0.021 | 0.0216 | — | 0.0005 | differs | [1] |" in text
-    assert text.endswith("1. why it differs")
+    assert ("| objective | k=8 n=8 | derived [S2] | 0.021 | 0.0216 | — | 0 | [0.0006, 0.0006] | differs | — | [1] |"
+            in text), text
+    assert "- S1. Safran & Shamir 2018, Table 1" in text and "- S2. lossatlas.studies.teacher_student" in text
+    assert "1. why it differs" in text and "- spurious_pct, Table 1 (2 rows): inconclusive" in text
+    assert "| 300 / " in text  # runs counted / runs needed
+
+
+def test_a_sample_row_carries_its_interval_and_runs():
+    row = Row.compare("m", {}, derived(0.0, "lossatlas.studies.verdict.judge", 1.0), sample([0.1, -0.2, 0.05, 0.0]))
+    assert row.runs == 4 and row.ci is not None and row.ci[0] < row.measured < row.ci[1]
+    assert row.diff_ci90 is not None and row.source == "derived"
 
 
 # -- registry and --set --------------------------------------------------------------------------------------
@@ -118,7 +114,8 @@ def test_run_study_writes_every_output_and_resumes(cells_study, tmp_path):
     assert (first.computed, first.reused) == (3, 0)
     payload = json.loads((folder / "results.json").read_text())
     assert set(payload) >= {"study", "seed", "params", "elapsed_s", "rows"} and payload["seed"] == 5
-    assert set(payload["rows"][0]) >= {"quantity", "key", "published", "measured", "ci", "tolerance", "verdict"}
+    assert set(payload["rows"][0]) >= {"quantity", "key", "expected", "measured", "ci", "source", "ref", "margin",
+                                       "verdict", "family", "p_holm", "runs_needed"}
     assert payload["rows"][1]["verdict"] == "not comparable"
     table = (folder / "table.md").read_text()
     assert "**Seed:** 5" in table and "| mean | cells=3 |" in table and "no published value" in table

@@ -18,6 +18,7 @@ from lossatlas.curvature import FunctionHessian, Tolerances, critical_point
 from lossatlas.errors import UserInputError
 from lossatlas.studies.framework import Context, Row, save_figure
 from lossatlas.studies.registry import Published, Study, study
+from lossatlas.studies.verdict import Expected, derived, exact, published, sanity
 
 
 def _xy(theta: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -98,6 +99,49 @@ def sphere_probe(fn: Callable[[Tensor], Tensor], point: Tensor, radius: float, p
     return "saddle" if pos and neg else "minimum" if pos else "maximum" if neg else "flat"
 
 
+NOTES_REF = "Hung-yi Lee 2018, lecture notes 'Optimization'"
+"""The lecture notes of seed 004 (``../shared/seeds/004_*.txt``), where the examples are worked out."""
+SEED_LINES = {"x^2+3y^2": (300, 303), "-x^2+3y^2": (324, 326), "x^2+y^4": (336, 330), "x^2-y^4": (358, 342),
+              "-x^4-y^4": (373, 362)}
+"""f → (seed 004 line of its Hessian at (0, 0), line of the notes' label: 'Local minima', 'Saddle',
+'Degenerate'). The monkey saddle's Hessian is not printed (only its second derivatives 6x, −6y, −6x)."""
+NATURE_BY_INSPECTION = {"x^2+y^4": "f − f(0) = x² + y⁴ > 0 off the origin",
+                        "x^2-y^4": "f − f(0) = x² − y⁴ takes both signs (x = 0 or y = 0)",
+                        "-x^4-y^4": "f − f(0) = −x⁴ − y⁴ < 0 off the origin",
+                        "x^3-3xy^2": "f − f(0) = r³cos 3φ takes both signs"}
+
+
+def notes_hessian(name: str, entry: int, margin: float) -> Expected:
+    """The expected Hessian entry ``entry`` (0: H_xx, 1: H_xy, 2: H_yy) of example ``name`` at (0, 0): the notes'
+    printed matrix where they print one (published), else the notes' second derivatives at 0 (derived)."""
+    value = float(EXAMPLES[name].hessian[entry])
+    if name in SEED_LINES:
+        return published(value, f"{NOTES_REF}, its Hessian at (0, 0); seed 004:{SEED_LINES[name][0]}", margin)
+    return derived(value, "lossatlas.studies.critical_points.EXAMPLES: the notes' second derivatives 6x, −6y, −6x "
+                   "(seed 004, 'Monkey Saddle') at (0, 0)", margin)
+
+
+def notes_index(name: str) -> float:
+    """The fraction of negative eigenvalues of the notes' Hessian of example ``name`` at (0, 0)."""
+    hxx, hxy, hyy = EXAMPLES[name].hessian
+    return float((np.linalg.eigvalsh(np.array([[hxx, hxy], [hxy, hyy]], dtype=np.float64)) < 0).mean())
+
+
+def notes_kind(name: str) -> Expected:
+    """What the Hessian says at (0, 0): the notes' label (published) where they give one."""
+    kind = EXAMPLES[name].kind
+    if name in SEED_LINES:
+        return published(kind, f"{NOTES_REF}, the label of its Hessian; seed 004:{SEED_LINES[name][1]}", 0.0)
+    return derived(kind, "lossatlas.studies.critical_points.EXAMPLES: the notes' second derivatives vanish at (0, 0), "
+                   "so the Hessian is 0: degenerate")
+
+
+def notes_nature(name: str) -> Expected:
+    """What f does near (0, 0), by inspection of f (the notes show it in plots only; the monkey saddle is
+    named a saddle in the notes)."""
+    return derived(EXAMPLES[name].nature, f"lossatlas.studies.critical_points.EXAMPLES: {NATURE_BY_INSPECTION[name]}")
+
+
 def _cell(params: CriticalPoints, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     example = EXAMPLES[cell["f"]]
     theta = {"x": torch.zeros((), dtype=torch.float64), "y": torch.zeros((), dtype=torch.float64)}
@@ -136,6 +180,16 @@ class CriticalPoints(Study):
         rows=tuple((e.name, *e.hessian, e.kind, e.nature) for e in EXAMPLES.values()),
         note="kind is the notes' reading of the Hessian (positive definite: minimum, indefinite: saddle, a zero "
              "eigenvalue: degenerate); nature is what the notes' plots show.")
+    NOTES = """Sources: the Hessian entries and the kind of the first five examples are published (Hung-yi Lee
+    2018, the lecture notes 'Optimization' of seed 004, which print each Hessian at (0, 0) and its label; every
+    row's ref gives the line). The monkey saddle's Hessian is derived from the notes' second derivatives (6x,
+    −6y, −6x) at 0, and the index (fraction of negative eigenvalues of the notes' Hessian, notes_index) is
+    derived; the nature of the degenerate points is derived by inspection of f (the notes show it in plots
+    only). grad_norm = 0 is a sanity check: (0, 0) is a critical point of every example by construction.
+
+    Margins (verdict.py's rule for exact quantities, fixed before any run): the Hessian entries and the
+    gradient are autograd values of polynomials, compared within ``tolerance`` (1e-12, float64 rounding);
+    the index, kind and nature are exact (a count and labels: margin 0)."""
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.functions if f not in EXAMPLES]
@@ -162,18 +216,21 @@ class CriticalPoints(Study):
         for name in ds.f.values:
             e, cell, key = EXAMPLES[str(name)], ds.sel(f=name), {"f": str(name)}
             h = cell.hessian.values
-            rows.append(Row.compare("grad_norm", key, 0.0, float(np.linalg.norm(cell.gradient.values)),
-                                    tolerance=self.tolerance))
-            for label, value, published in (("H_xx", h[0, 0], e.hessian[0]), ("H_xy", h[0, 1], e.hessian[1]),
-                                             ("H_yy", h[1, 1], e.hessian[2])):
-                rows.append(Row.compare(label, key, float(published), float(value), tolerance=self.tolerance))
-            exact = np.linalg.eigvalsh(np.array([[e.hessian[0], e.hessian[1]], [e.hessian[1], e.hessian[2]]]))
-            index = float((exact < 0).mean())
-            rows.append(Row.compare("index", key, index, float(cell.index), tolerance=self.tolerance))
+            rows.append(Row.compare("grad_norm", key, sanity(0.0, "(0, 0) is a critical point of every example: "
+                                                             "autograd's gradient of the polynomial there is 0",
+                                                             self.tolerance),
+                                    exact(float(np.linalg.norm(cell.gradient.values)))))
+            for j, (label, value) in enumerate((("H_xx", h[0, 0]), ("H_xy", h[0, 1]), ("H_yy", h[1, 1]))):
+                rows.append(Row.compare(label, key, notes_hessian(str(name), j, self.tolerance), exact(float(value)),
+                                        family="hessian_entry"))
+            rows.append(Row.compare("index", key, derived(notes_index(str(name)), "lossatlas.studies.critical_points."
+                                                          "notes_index: the fraction of negative eigenvalues of the "
+                                                          "notes' Hessian"),
+                                    exact(float(cell.index))))
             note = "the Hessian cannot decide: a zero eigenvalue" if e.kind == "degenerate" else ""
-            rows.append(Row.compare("kind", key, e.kind, str(cell.kind.values), note=note))
+            rows.append(Row.compare("kind", key, notes_kind(str(name)), exact(str(cell.kind.values)), note=note))
             if e.kind == "degenerate":
-                rows.append(Row.compare("nature", key, e.nature, str(cell.nature.values),
+                rows.append(Row.compare("nature", key, notes_nature(str(name)), exact(str(cell.nature.values)),
                                         note=f"sign of f on a circle of radius {self.probe_radius:g} around (0, 0)"))
         return rows
 

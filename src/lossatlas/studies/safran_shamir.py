@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ import torch
 import xarray as xr
 
 from lossatlas.errors import UserInputError
-from lossatlas.studies.framework import Context, Row, mean_interval, rate_tolerance, save_figure, wilson_interval
+from lossatlas.studies.framework import Context, Row, converged_runs, save_figure, wilson_interval
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.teacher_student import gradient_descent, initial_students, population_loss, teacher
+from lossatlas.studies.verdict import MARGIN_RATE, Expected, protocol, published, rate, relative_margin, sample
 
 _T1 = ((6, 6, 0.3, 0.0047, 0.025), (7, 7, 5.5, 0.014, 0.023), (8, 8, 12.6, 0.021, 0.021),
        (9, 9, 21.8, 0.027, 0.02), (10, 10, 34.6, 0.03, 0.022), (11, 11, 45.5, 0.034, 0.022),
@@ -29,12 +30,9 @@ _T2 = ((8, 9, 0.1, 0.0059, 0.021), (10, 11, 0.1, 0.0057, 0.018), (11, 12, 0.1, 0
        (18, 19, 36.9, 0.0064, 0.028), (19, 20, 49.1, 0.0077, 0.027))
 TABLE = {(k, n): (t, pct, eig, obj) for t, rows in ((1, _T1), (2, _T2)) for k, n, pct, eig, obj in rows}
 """(k teacher units, n student units) → (table, % spurious, mean minimal eigenvalue, mean objective)."""
-
-
-def _half_unit(value: float) -> float:
-    """Half a unit of the last printed digit of a published number (0.0047 → 0.00005)."""
-    exponent = Decimal(repr(value)).normalize().as_tuple().exponent
-    return 0.5 * 10.0 ** int(exponent) if isinstance(exponent, int) else 0.0
+SEED_LINE = {**{(row[0], row[1]): 598 + i for i, row in enumerate(_T1)},
+             **{(row[0], row[1]): 617 + i for i, row in enumerate(_T2)}}
+"""(k, n) → the 1-based line of the lecture notes (``../shared/seeds/004_*.txt``) that quotes the row."""
 
 
 def _cell(params: SafranShamir, cell: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -100,10 +98,22 @@ class SafranShamir(Study):
     global minima, Table 2, converge sublinearly). Set early_stop=false for the literal protocol; it changes
     no classification, only the time.
 
-    Tolerances: spurious_pct agrees when the published rate lies in our Wilson 95% interval widened by the
-    published rate's own sampling half-width at its 1000 runs. The averages (min_eigenvalue, objective) use
-    a Student-t 95% interval of our mean, widened by half a unit of the published last digit plus the
-    published mean's sampling half-width, estimated as 1.96·(our SD)/√(published number of spurious runs).
+    Convergence gate (stated before any run, from the stored stop codes): a run counts only if it converged,
+    ‖∇F‖ ≤ grad_tol (stop 0) or early-stopped with F ≤ spurious_threshold (stop 1). Runs that hit max_steps
+    (stop 2) are left out of every row and counted in its note and its ``unconverged`` field; a cell where
+    fewer than half of the runs converged is "not comparable (unconverged)", never "differs".
+
+    Sources and margins (verdict.py's uniform rules, fixed before any run): spurious_pct, min_eigenvalue and
+    objective are published (Safran & Shamir 2018, Tables 1 and 2, 1000 runs per row; each row's ref names
+    the line of seed 004 that quotes it). spurious_pct is a rate: margin MARGIN_RATE (5 points), and the
+    difference interval includes the paper's own sampling error as a second proportion over its 1000 runs.
+    min_eigenvalue and objective are means over the spurious runs: margin relative_margin (10% of the
+    published value, or half a unit of its last printed digit when larger); their own standard error, which
+    the paper does not print, is estimated as our SD over √(the paper's number of spurious runs). The rows
+    of one column of one table form a Holm family. min_eigenvalue_positive_pct = 100 is a protocol check,
+    not a published number: our spurious end points must be minima (positive definite Hessian) for
+    spurious_pct to count minima, as the paper's "runs converging to local minima" do; a rate, margin
+    MARGIN_RATE.
 
     The full preset covers every published row with 1000 runs (Hessians of at most max_hessians spurious
     runs per row, a random subset since runs are i.i.d.); the quick preset covers k = n = 6, 8, 10 and
@@ -133,57 +143,94 @@ class SafranShamir(Study):
 
     def check(self, ds: xr.Dataset) -> list[Row]:
         rows: list[Row] = []
+        criterion = f"||grad F|| <= {self.grad_tol:g}, or F <= {self.spurious_threshold:g} (early stop)"
         for i in range(ds.sizes["cell"]):
             cell = ds.isel(cell=i)
             k, n = int(cell.k), int(cell.n)
             key = {"k": k, "n": n}
-            _, pct, eig, obj = TABLE.get((k, n), (0, None, None, None))
-            spurious = cell.spurious.values.astype(bool)
-            s, runs = int(spurious.sum()), spurious.size
-            lo, hi = wilson_interval(s, runs)
+            table, pct, eig, obj = TABLE.get((k, n), (0, None, None, None))
+            stop = cell.stop.values
+            converged, enough = converged_runs(stop != 2)
+            unconverged = int((~converged).sum())
+            spurious = cell.spurious.values.astype(bool) & converged
             notes = [] if pct is not None else ["no published row for this (k, n)"]
-            rising = int(((cell.stop.values == 1) & (cell.max_increase.values > 1e-9)).sum())
+            rising = int(((stop == 1) & (cell.max_increase.values > 1e-9)).sum())
             if rising:
                 notes.append(f"{rising} early-stopped runs saw F increase by more than 1e-9 along the way: their "
                              "early stop is not covered by monotonicity")
-            unfinished = int((cell.stop.values == 2).sum())
-            if unfinished:
-                notes.append(f"{unfinished} runs hit max_steps before ||grad F|| <= {self.grad_tol:g}; they are "
-                             "classified by F at the cap")
+            if unconverged:
+                above = int(((stop == 2) & (cell.objective.values > self.spurious_threshold)).sum())
+                notes.append(f"{unconverged} runs hit max_steps = {self.max_steps} before converging ({above} of "
+                             f"them with F > {self.spurious_threshold:g} at the cap); they are left out")
             note = "; ".join(notes)
-            rows.append(Row.compare("spurious_pct", key, pct, 100 * s / runs, ci=(100 * lo, 100 * hi),
-                                    tolerance=rate_tolerance(pct, self.published_runs) if pct is not None else 0,
-                                    note=note))
             eigs = cell.min_eigenvalue.values[spurious]
             eigs = eigs[np.isfinite(eigs)]
-            for quantity, values, published in (("min_eigenvalue", eigs, eig),
-                                                ("objective", cell.objective.values[spurious], obj)):
-                rows.append(self._mean_row(quantity, key, values, published, pct))
+            objectives = cell.objective.values[spurious]
+            expected = {
+                "spurious_pct": published(pct, self._ref(k, n, "% of runs converging to local minima"), MARGIN_RATE,
+                                          runs=self.published_runs),
+                "min_eigenvalue": self._published_mean(k, n, eig, "average minimal eigenvalue", eigs),
+                "objective": self._published_mean(k, n, obj, "average objective value", objectives),
+                "min_eigenvalue_positive_pct": protocol(
+                    100.0, "a check of our classification: our spurious end points must be local minima (positive "
+                    "definite Hessian), as the paper's are ('Spurious local minima found', seed 004 Table 1); not a "
+                    "number the paper prints", MARGIN_RATE)}
+            if not enough:
+                for quantity, exp in expected.items():
+                    rows.append(Row.unconverged_row(quantity, key, exp, runs=stop.size, unconverged=unconverged,
+                                                    criterion=criterion, family=self._family(quantity, table),
+                                                    note=note))
+                continue
+            rows.append(Row.compare("spurious_pct", key, expected["spurious_pct"],
+                                    rate(int(spurious.sum()), int(converged.sum())), note=note,
+                                    family=self._family("spurious_pct", table), unconverged=unconverged))
+            for quantity, values in (("min_eigenvalue", eigs), ("objective", objectives)):
+                rows.append(self._mean_row(quantity, key, values, expected[quantity], pct,
+                                           self._family(quantity, table), unconverged))
             if eigs.size:
                 positive = int((eigs > 0).sum())
-                plo, phi = wilson_interval(positive, eigs.size)
-                note = "Safran & Shamir verify their spurious points are minima (positive definite Hessian): 100%"
+                note = "Safran & Shamir's spurious points are minima (positive definite Hessian)"
                 if positive < eigs.size:
                     note += (f"; here {eigs.size - positive} of {eigs.size} have λmin ≤ 0 (lowest {eigs.min():.2g}): "
                              "saddles or degenerate points where gradient descent stopped")
-                rows.append(Row.compare("min_eigenvalue_positive_pct", key, 100.0, 100 * positive / eigs.size,
-                                        ci=(100 * plo, 100 * phi), note=note))
+                rows.append(Row.compare("min_eigenvalue_positive_pct", key, expected["min_eigenvalue_positive_pct"],
+                                        rate(positive, eigs.size), note=note, unconverged=unconverged))
         return rows
 
-    def _mean_row(self, quantity: str, key: dict[str, int], values: np.ndarray, published: float | None,
-                  published_pct: float | None) -> Row:
-        mean, ci = mean_interval(values)
+    @staticmethod
+    def _family(quantity: str, table: int) -> str:
+        """The rows tested together (Holm): one column of one published table."""
+        if quantity == "min_eigenvalue_positive_pct":
+            return quantity
+        return f"{quantity}, Table {table}" if table else f"{quantity}, no published row"
+
+    def _ref(self, k: int, n: int, column: str) -> str:
+        """The source of a published (k, n) row: paper, table, column and the seed line that quotes it."""
+        if (k, n) not in TABLE:
+            return f"Safran & Shamir 2018: no published row for (k, n) = ({k}, {n})"
+        return (f"Safran & Shamir 2018, Table {TABLE[(k, n)][0]} ({column}, k = {k}, n = {n}, "
+                f"{self.published_runs} runs); seed 004:{SEED_LINE[(k, n)]}")
+
+    def _published_mean(self, k: int, n: int, value: float | None, column: str, values: np.ndarray) -> Expected:
+        """A published average over the paper's spurious runs, with the margin :func:`relative_margin`. Its own
+        standard error, which the paper does not print, is estimated as (our SD of ``values``) / √(the paper's
+        number of spurious runs, its rate × ``published_runs``)."""
+        pct = TABLE.get((k, n), (0, None))[1]
+        se = None
+        if value is not None and pct is not None and values.size >= 2:
+            se = float(np.std(values, ddof=1)) / math.sqrt(max(1, round(pct / 100 * self.published_runs)))
+        return published(value, self._ref(k, n, column), relative_margin(value) if value is not None else 0.0,
+                         se=se or None)
+
+    def _mean_row(self, quantity: str, key: dict[str, int], values: np.ndarray, expected: Expected,
+                  published_pct: float | None, family: str, unconverged: int) -> Row:
         if values.size < 2:
-            return Row.compare(quantity, key, published, None, note=f"fewer than 2 spurious runs "
-                               f"({values.size}): no mean with an interval to compare")
-        tolerance = 0.0
-        if published is not None and published_pct is not None:
-            n_pub = max(1, round(published_pct / 100 * self.published_runs))
-            tolerance = _half_unit(published) + 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n_pub)
-        row = Row.compare(quantity, key, published, mean, ci=ci, tolerance=tolerance)
+            return Row.compare(quantity, key, expected, sample(values), family=family, unconverged=unconverged,
+                               note=f"fewer than 2 spurious runs ({values.size}): no mean with an interval to compare")
+        row = Row.compare(quantity, key, expected, sample(values), family=family, unconverged=unconverged)
         if row.verdict == "differs":
             spread = float(np.ptp(values))
-            row = Row.compare(quantity, key, published, mean, ci=ci, tolerance=tolerance, note=(
+            row = dataclasses.replace(row, note=(
                 f"{quantity}: our {values.size} spurious runs range over {spread:.2g}"
                 + (" (all ended in one minimum up to symmetry)" if spread < 1e-6 else "")
                 + f"; the published average over the paper's ~{round((published_pct or 0) * self.published_runs / 100)}"
