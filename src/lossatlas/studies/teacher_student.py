@@ -118,32 +118,120 @@ class Descent:
     max_increase: np.ndarray
 
 
+class _Batch:
+    """The stacked state of :func:`gradient_descent`'s unfinished runs and :class:`Objective`'s arithmetic on
+    it, into buffers allocated once.
+
+    The runs still going sit, in their original order, at the front of a ``(R, n + k, d)`` state
+    ``[W; V]`` (the last k rows of each run are the teacher), and every buffer is used through its
+    contiguous prefix of ``live`` runs; :meth:`keep` compacts the state when runs finish. Each step performs
+    the operations of ``Objective.__call__``, in the same order, on operands of the same shapes and layouts,
+    so each value is the same bits; what it saves is the allocation of some twenty ``(r, n, n + k)``
+    temporaries per step, the concatenation ``[W; V]`` and the second row norm (‖w_i‖ is read from the row
+    norms of ``[W; V]``: the same reductions of the same rows).
+    """
+
+    def __init__(self, objective: Objective, w0: Tensor) -> None:
+        r, n, d = w0.shape
+        k, dtype = objective.v.shape[0], w0.dtype
+
+        def empty(*shape: int) -> Tensor:
+            return torch.empty(r, *shape, dtype=dtype)
+
+        self.objective, self.n, self.sign_col = objective, n, objective.sign[:, None]
+        self.state = torch.cat([w0, objective.v.expand(r, *objective.v.shape)], dim=1)
+        self._nb, self._nb_neg, self._col = empty(n + k), empty(n + k), empty(n + k, 1)
+        self._unit_w, self._unit_b, self._signed_b = empty(n, d), empty(n + k, d), empty(n + k, d)
+        self._m, self._outside, self._sin, self._term = (empty(n, n + k) for _ in range(4))
+        self._ones = torch.ones((), dtype=dtype).expand(r, n, n + k)  # one element, read as a broadcast
+        self._loss_col, self._loss_row, self._radial_col = empty(n, 1), empty(n), empty(n, 1)
+        self._radial, self._grad, self._update = empty(n, d), empty(n, d), empty(n, d)
+        self._losses = (empty(), torch.full((r,), math.inf, dtype=dtype))  # F of even / odd steps; F_{-1} = ∞
+        self._worst, self._rise, self._gnorm = torch.full((r,), -math.inf, dtype=dtype), empty(), empty()
+        self.live = r
+        self._views()
+
+    def _views(self) -> None:
+        """Every buffer's prefix of ``live`` runs (rebuilt only when the batch shrinks)."""
+        r, n = self.live, self.n
+        self.b = self.state[:r]
+        self.w = self.b[:, :n]
+        self.nb, self.nb_neg, self.col = self._nb[:r], self._nb_neg[:r], self._col[:r]
+        self.nw = self.nb[:, :n]
+        self.nw_col, self.nb_neg_col, self.col_row = self.nw[:, :, None], self.nb_neg[:, :, None], self.col[:, :, 0]
+        self.unit_w, self.unit_b, self.signed_b = self._unit_w[:r], self._unit_b[:r], self._signed_b[:r]
+        self.m, self.outside, self.sin, self.term = self._m[:r], self._outside[:r], self._sin[:r], self._term[:r]
+        self.unit_b_t = self.unit_b.transpose(1, 2)
+        self.ones, self.loss_col, self.loss_row = self._ones[:r], self._loss_col[:r], self._loss_row[:r]
+        self.loss_col_row = self.loss_col[:, :, 0]
+        self.radial_col, self.radial, self.grad, self.update = (self._radial_col[:r], self._radial[:r],
+                                                                self._grad[:r], self._update[:r])
+        self.losses = (self._losses[0][:r], self._losses[1][:r])
+        self.worst, self.rise, self.gnorm = self._worst[:r], self._rise[:r], self._gnorm[:r]
+
+    def evaluate(self, parity: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(F, ‖∇F‖, ∇F)`` of the live runs, and ``worst`` ← max(worst, F − F_previous). F goes to the loss
+        buffer ``parity`` (the step number mod 2): the other one holds the previous step's F."""
+        objective, nb, col = self.objective, self.nb, self.col
+        torch.linalg.vector_norm(self.b, dim=2, out=nb)
+        unit_w = torch.div(self.w, self.nw_col, out=self.unit_w)
+        torch.neg(nb, out=self.nb_neg)
+        torch.div(self.b, self.nb_neg_col, out=self.unit_b)
+        m = torch.bmm(unit_w, self.unit_b_t, out=self.m).clamp_(-1.0, 1.0)  # −cos θ
+        outside = torch.arccos(m, out=self.outside)  # π − θ
+        sin = torch.addcmul(self.ones, m, m, value=-1.0, out=self.sin).clamp_min_(0.0).sqrt_()
+        term = torch.addcmul(sin, outside, m, value=-1.0, out=self.term)
+        torch.mul(nb, objective.half, out=self.col_row)
+        torch.bmm(term, col, out=self.loss_col)
+        loss_row = torch.mul(self.loss_col_row, self.nw, out=self.loss_row)
+        loss = torch.sum(loss_row, 1, out=self.losses[parity]).add_(objective.const)
+        torch.mul(nb, objective.sign, out=self.col_row)
+        radial = torch.mul(torch.bmm(sin, col, out=self.radial_col), unit_w, out=self.radial)
+        signed_b = torch.mul(self.b, self.sign_col, out=self.signed_b)
+        grad = torch.bmm(outside, signed_b, out=self.grad)
+        grad = torch.add(radial, grad, out=grad).div_(TWO_PI)
+        gnorm = torch.linalg.vector_norm(grad, dim=(1, 2), out=self.gnorm)
+        torch.maximum(self.worst, torch.sub(loss, self.losses[1 - parity], out=self.rise), out=self.worst)
+        return loss, gnorm, grad
+
+    def descend(self, step: float) -> None:
+        """w ← w − step ∇F for the live runs (∇F of the last :meth:`evaluate`)."""
+        self.w.sub_(torch.mul(self.grad, step, out=self.update))
+
+    def keep(self, keep: Tensor, parity: int) -> None:
+        """Keep only the live runs where ``keep`` is true (in order): state, worst rise, last F and ∇F."""
+        live = int(keep.sum())
+        for full, view in ((self.state, self.b), (self._worst, self.worst), (self._losses[parity], self.losses[parity]),
+                           (self._grad, self.grad)):
+            full[:live] = view[keep]
+        self.live = live
+        self._views()
+
+
 def gradient_descent(w0: Tensor, v: Tensor, step: float, *, grad_tol: float = 1e-9, max_steps: int = 200_000,
                      stop_below: float | None = None) -> Descent:
     """Plain gradient descent w ← w − step ∇F(w) on every run of ``w0 (R, n, d)`` at once.
 
     A run stops at the first iterate with ‖∇F‖ ≤ ``grad_tol`` (Safran & Shamir's criterion), or with
-    F ≤ ``stop_below`` (when given), or after ``max_steps`` steps; finished runs leave the batch, so the
-    tail of slow runs costs only their own arithmetic. Each run follows exactly the iterates it would
-    follow alone (:func:`gradient_descent_loop`).
+    F ≤ ``stop_below`` (when given), or after ``max_steps`` steps. Finished runs leave the batch at the step
+    they finish: the unfinished ones are moved to the front of the stacked state (order kept), so every
+    later step costs only the arithmetic of the runs still going. Each run follows exactly the iterates it
+    would follow alone (:func:`gradient_descent_loop`), bit for bit: every operation acts on each run's own
+    slice (elementwise, a reduction over the run's own rows, or one matrix product per run), whatever the
+    batch around it.
     """
-    r = w0.shape[0]
-    objective_fn = Objective(v, w0.shape[1])
+    r, n, _ = w0.shape
+    batch = _Batch(Objective(v, n), w0)
     out_w = w0.clone()
     objective, grad_norm = np.full(r, np.nan), np.full(r, np.nan)
     steps, stop = np.zeros(r, dtype=np.int64), np.full(r, 2, dtype=np.int64)
     max_increase = np.full(r, -np.inf)
     active = torch.arange(r)
-    wa = w0.clone()
-    previous = torch.full((r,), math.inf, dtype=w0.dtype)
-    worst = torch.full((r,), -math.inf, dtype=w0.dtype)
-    below = None
     for t in range(max_steps + 1):
-        loss, grad = objective_fn(wa)
-        gnorm = torch.linalg.vector_norm(grad, dim=(1, 2))
-        torch.maximum(worst, loss - previous, out=worst)  # the first step compares with +inf: −inf
+        loss, gnorm, _ = batch.evaluate(t % 2)
         converged = gnorm <= grad_tol
         finished = converged
+        below = None
         if stop_below is not None:
             below = loss <= stop_below
             finished = converged | below
@@ -152,16 +240,16 @@ def gradient_descent(w0: Tensor, v: Tensor, step: float, *, grad_tol: float = 1e
                 finished = torch.ones_like(finished)
             reason = torch.where(converged, 0, 2 if below is None else torch.where(below, 1, 2))
             idx = active[finished].numpy()
-            out_w[idx] = wa[finished]
+            out_w[idx] = batch.w[finished]
             objective[idx], grad_norm[idx] = loss[finished].numpy(), gnorm[finished].numpy()
             steps[idx], stop[idx] = t, reason[finished].numpy()
-            max_increase[idx] = worst[finished].numpy()
+            max_increase[idx] = batch.worst[finished].numpy()
             keep = ~finished
-            active, wa, grad, loss, worst = active[keep], wa[keep], grad[keep], loss[keep], worst[keep]
+            active = active[keep]
             if active.numel() == 0:
                 break
-        previous = loss
-        wa = wa - step * grad
+            batch.keep(keep, t % 2)
+        batch.descend(step)
     return Descent(out_w, objective, grad_norm, steps, stop, max_increase)
 
 
@@ -176,7 +264,8 @@ def gradient_descent_loop(w0: Tensor, v: Tensor, step: float, *, grad_tol: float
         for t in range(max_steps + 1):  # noqa: B007 - t is the step count at exit
             loss, grad = objective_fn(w)
             value, gnorm = float(loss[0]), float(torch.linalg.vector_norm(grad, dim=(1, 2))[0])
-            worst = max(worst, value - previous)
+            rise = value - previous  # NaN, once F is NaN, stays (as torch.maximum in the batched runner)
+            worst = math.nan if math.isnan(worst) or math.isnan(rise) else max(worst, rise)
             if gnorm <= grad_tol:
                 reason = 0
                 break
