@@ -91,6 +91,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, problem, args, fragment) -> None
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], r.output
 
 
+@pytest.mark.parametrize("builder", ["build", "build_hand_written"])  # nn.TransformerEncoder; heads written out
+def test_align_refuses_a_transformer_in_one_line_naming_spec(tmp_path, builder) -> None:
+    """Weight matching needs a permutation spec; none is derived through attention, so the user is asked for one."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tokens.npz"
+    np.savez(npz, x=rng.normal(size=(12, 5, 3)).astype(np.float32), y=rng.integers(0, 3, 12))
+    model = f"{HERE / 'attention_model.py'}:{builder}"
+    checkpoints = []
+    for seed in (0, 1):
+        net = build_model(model, input_shape=(5, 3), output_dim=3, seed=seed)
+        checkpoints.append(str(save_checkpoint(net, tmp_path / f"t{seed}.safetensors")))
+    r = invoke("align", "--model", model, "--data", str(npz), "--checkpoint", checkpoints[0], "--checkpoint2",
+               checkpoints[1], "--out", str(tmp_path / "b.safetensors"))
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot derive a permutation spec") and "--spec" in lines[0]
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lossatlas", *args], capture_output=True, text=True, timeout=timeout)
 

@@ -54,8 +54,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ) -> None:
 
 
 def test_ctrl_c_with_workers_stops_cleanly_and_resumes(tmp_path) -> None:
-    """SIGINT (Ctrl-C) during a ``--workers 2`` surface: one clear line, exit 130, no traceback; the rerun
-    completes with the numbers of an uninterrupted in-process run."""
+    """Ctrl-C during a ``--workers 2`` surface: one clear line, exit 130, no traceback; the rerun completes with the
+    numbers of an uninterrupted in-process run. SIGINT goes to the whole process group, as a terminal sends it, so
+    the Dask worker processes get it too (each printed a ``KeyboardInterrupt`` traceback before they ignored it)."""
     rng = np.random.default_rng(1)
     npz = tmp_path / "d.npz"
     np.savez(npz, x=rng.normal(size=(40, 5)).astype(np.float32), y=rng.integers(0, 3, 40))
@@ -66,15 +67,16 @@ def test_ctrl_c_with_workers_stops_cleanly_and_resumes(tmp_path) -> None:
     assert full.returncode == 0, full.stderr
     out = tmp_path / "cut.zarr"
     proc = subprocess.Popen([*cmd, "--workers", "2", "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 180
     while _completed(out) < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "RuntimeError" not in err, err
+    for noise in ("Traceback", "Error", "ERROR", "KeyboardInterrupt"):  # also Dask's log lines about cancelled keys
+        assert noise not in err, err
     assert "interrupted:" in err and "run the same command again to resume" in err
     assert 0 < _completed(out) < 64
     resumed = subprocess.run([*cmd, "--workers", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)

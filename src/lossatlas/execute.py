@@ -21,10 +21,12 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -168,6 +170,27 @@ def run_unit(task: Task, unit: WorkUnit, torch_threads: int | None = None) -> di
     return task(unit)
 
 
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Ignore SIGINT while the local worker processes are spawned.
+
+    A terminal's Ctrl-C reaches every process of its group, the local Dask workers included: each died with a
+    ``KeyboardInterrupt`` traceback on the shared stderr (and the scheduler logged the scattered task as lost)
+    while the driver stopped cleanly. An ignored signal stays ignored in a child after ``exec``, and Python then
+    installs no ``KeyboardInterrupt`` handler, so the workers never see Ctrl-C; the driver alone handles it and
+    closes its cluster. A Ctrl-C in the seconds the cluster takes to start is lost (the price of this idiom); a
+    worker that a nanny restarts later is spawned with the driver's own handler.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # -- driver side ------------------------------------------------------------------------------------
 class DaskExecutor:
     """Evaluate units on a Dask cluster, yielding results in completion order.
@@ -189,6 +212,7 @@ class DaskExecutor:
         self.retries = retries
         self.resubmits = resubmits
         self.torch_threads = torch_threads
+        self._muted: list[logging.Handler] = []
 
     @property
     def n_workers(self) -> int:
@@ -215,6 +239,7 @@ class DaskExecutor:
 
         pending = as_completed([submit(u) for u in units], loop=client.loop)
         written: set[tuple[tuple[str, int, int], ...]] = set()
+        done = False
         try:
             for future in pending:
                 unit = owner.pop(future.key)
@@ -235,7 +260,10 @@ class DaskExecutor:
                     continue
                 written.add(key)
                 yield unit, result
+            done = True
         finally:  # also on Ctrl-C: completions keep arriving on another thread, so copy under its lock
+            if not done:
+                self._mute_cluster_logs()
             with pending.lock:
                 leftover = list(pending.futures)
             try:
@@ -245,17 +273,40 @@ class DaskExecutor:
             except Exception:  # noqa: BLE001 - a cluster shutting down may refuse; nothing is left to save
                 log.debug("cancelling leftover chunks failed", exc_info=True)
 
+    def _mute_cluster_logs(self) -> None:
+        """Silence Dask's log handlers until :meth:`close`, once a run is abandoned (Ctrl-C, an error).
+
+        The scheduler and nannies of a local cluster run in this process and log to stderr what the driver's
+        cancellations race with ("Couldn't gather keys ... forgotten", "lose scattered data"): noise after a
+        clean stop, which must end in one line.
+        """
+        for handler in logging.getLogger("distributed").handlers:
+            if handler not in self._muted:
+                handler.addFilter(_drop_record)
+                self._muted.append(handler)
+
     def close(self) -> None:
         """Close the client, and the cluster if this executor started it."""
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        try:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            for handler in self._muted:
+                handler.removeFilter(_drop_record)
+            self._muted.clear()
 
     def __enter__(self) -> DaskExecutor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self._mute_cluster_logs()
         self.close()
+
+
+def _drop_record(record: logging.LogRecord) -> bool:
+    return False
 
 
 _ADDRESS = re.compile(r"^([a-z]+://)?[^\s:/]+(:\d+)?$|^[a-z]+://\S+$")
@@ -348,7 +399,7 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, *, t
     # benchmarks/README.md). Workers get the allocator defaults of an ordinary process instead.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_ctrl_c():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                dashboard_address=None, silence_logs=logging.ERROR)
     try:

@@ -65,6 +65,10 @@ class TrainSpec:
         track_sharpness: K > 0 logs λmax of the training loss (certified Lanczos, float64) every K optimiser steps
             on a fixed stratified subset of ``sharpness_samples`` training samples, beside 2/lr: the
             edge-of-stability view (Cohen et al. 2021; 2/lr is the stability limit of plain gradient descent).
+        warmup_epochs, milestones, lr_decay: a step schedule of the learning rate (:meth:`lr_factor`): linear
+            warm-up over the first ``warmup_epochs`` epochs (Goyal et al. 2017), then × ``lr_decay`` after each
+            epoch in ``milestones`` (He et al. 2016; Li et al. 2018 train their ResNets this way). Without them
+            the learning rate is never touched.
     """
 
     epochs: int = 10
@@ -81,8 +85,12 @@ class TrainSpec:
     lr2: float | None = None
     track_sharpness: int = 0
     sharpness_samples: int = 1000
+    warmup_epochs: int = 0
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         object.__setattr__(self, "optimizer", _optimizer_name(self.optimizer, "--optimizer"))
         if self.optimizer2 is not None:
             object.__setattr__(self, "optimizer2", _optimizer_name(self.optimizer2, "--optimizer2"))
@@ -104,6 +112,9 @@ class TrainSpec:
             (self.lr2 is None or self.lr2 > 0, f"--lr2 must be positive, got {self.lr2}"),
             (self.track_sharpness >= 0, f"--track-sharpness must be >= 0 steps, got {self.track_sharpness}"),
             (self.sharpness_samples >= 1, f"--sharpness-samples must be >= 1, got {self.sharpness_samples}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (all(m >= 1 for m in self.milestones), f"milestones must be epochs >= 1, got {self.milestones}"),
+            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,13 +129,27 @@ class TrainSpec:
         """Learning rate of a phase."""
         return self.lr if phase == 1 else (self.lr2 if self.lr2 is not None else self.lr)
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether the learning rate follows a schedule (warm-up or milestones)."""
+        return bool(self.warmup_epochs or self.milestones)
+
+    def lr_factor(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """Multiplier of the phase's learning rate at batch ``step`` (0-based) of ``epoch`` (from 1): ``t / (W·S)``
+        for the t-th step (from 1) of the first W = ``warmup_epochs`` epochs, then ``lr_decay`` to the number of
+        ``milestones`` already passed (epochs after a milestone M run at the decayed rate)."""
+        t = (epoch - 1) * steps_per_epoch + step + 1
+        warm = min(1.0, t / (self.warmup_epochs * steps_per_epoch)) if self.warmup_epochs else 1.0
+        return warm * self.lr_decay ** sum(epoch > m for m in self.milestones)
+
     def optimizer_in(self, phase: int) -> OptimizerName:
         """Optimiser of a phase."""
         return self.optimizer if phase == 1 else self.optimizer2  # type: ignore[return-value]
 
     def config(self) -> dict[str, Any]:
         """JSON-able form (``run.json``'s ``train`` entry)."""
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+        return {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()}
 
 
 def _optimizer_name(value: object, option: str) -> OptimizerName:
@@ -232,7 +257,7 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
         write_rows(metrics_file, fields_, [{"epoch": 0, **_evaluate(evaluator, net)}])
         sharpness_file.unlink(missing_ok=True)
         if spec.track_sharpness:
-            append_rows(sharpness_file, [sharpness_row(net, data, spec, 0, 0, phase, device)])
+            append_rows(sharpness_file, [_sharpness(net, data, spec, 0, 0, phase, device)])
     else:  # a kill after a row was appended but before state.pt was replaced leaves rows past the state
         write_rows(metrics_file, fields_, [r for r in read_rows(metrics_file) if int(r["epoch"]) <= start_epoch])
         rows = read_rows(sharpness_file)
@@ -251,13 +276,16 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
         order = torch.randperm(x.shape[0], generator=generator).to(device)
         for b, i in enumerate(range(0, x.shape[0], spec.batch_size)):
             idx = order[i:i + spec.batch_size]
+            if spec.scheduled:
+                for group in optimizer.param_groups:
+                    group["lr"] = spec.lr_in(phase) * spec.lr_factor(epoch, b, steps_per_epoch)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(net(x[idx]), y[idx]).mean()
             loss.backward()
             optimizer.step()
             step = (epoch - 1) * steps_per_epoch + b + 1
             if spec.track_sharpness and step % spec.track_sharpness == 0:
-                append_rows(sharpness_file, [sharpness_row(net, data, spec, step, epoch, phase, device)])
+                append_rows(sharpness_file, [_sharpness(net, data, spec, step, epoch, phase, device)])
         net.eval()
         row = _evaluate(evaluator, net)
         if epoch % spec.save_every == 0 or epoch == spec.epochs:
@@ -279,3 +307,11 @@ def _evaluate(evaluator: Evaluator, net: nn.Module) -> dict[str, float]:
     total = torch.sqrt(sum((t.double() ** 2).sum() for t in theta.values()))  # type: ignore[arg-type]
     return {**row, "param_norm": float(total), **{f"norm:{k}": float(t.double().norm()) for k, t in theta.items()}}
 
+
+
+def _sharpness(net: nn.Module, data: Any, spec: TrainSpec, step: int, epoch: int, phase: int,
+               device: str) -> dict[str, Any]:
+    """A ``sharpness.csv`` row for the optimiser and learning rate of ``phase``."""
+    return sharpness_row(net, data, loss=spec.loss, batch_size=max(spec.batch_size, 500),
+                         samples=spec.sharpness_samples, seed=spec.seed, lr=spec.lr_in(phase),
+                         optimizer=spec.optimizer_in(phase).value, step=step, epoch=epoch, device=device)

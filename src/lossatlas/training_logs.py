@@ -18,14 +18,11 @@ import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from lossatlas.training import TrainSpec
 
 HISTOGRAMS = "weight_histograms.npz"
 SHARPNESS = "sharpness.csv"
@@ -125,26 +122,26 @@ def trim_histograms(path: Path, max_epoch: int) -> None:
                          "below": old["below"][keep], "above": old["above"][keep]})
 
 
-def sharpness_row(model: nn.Module, data: Any, spec: TrainSpec, step: int, epoch: int, phase: int,
-                  device: str) -> dict[str, Any]:
+def sharpness_row(model: nn.Module, data: Any, *, loss: str, batch_size: int, samples: int, seed: int, lr: float,
+                  optimizer: str, step: int, epoch: int, device: str) -> dict[str, Any]:
     """λmax of the training loss at the model's current weights (BN in eval mode with its running statistics),
-    on the fixed stratified subset of ``spec.sharpness_samples`` training samples (seed ``spec.seed``), by
-    certified thick-restart Lanczos (:mod:`lossatlas.curvature.krylov`), beside 2/lr of the optimiser in use."""
+    on a fixed stratified subset of ``samples`` training samples (seed ``seed``; all of them if there are no more),
+    by certified thick-restart Lanczos (:mod:`lossatlas.curvature.krylov`), beside 2/``lr`` of the ``optimizer``
+    in use. Plain arguments rather than the ``TrainSpec``, so that this module does not import the training loop
+    that imports it."""
     from lossatlas.curvature.hvp import HessianOperator
     from lossatlas.engine import EvalSpec, Evaluator
     from lossatlas.errors import NonFiniteError
 
     n_train = int(data.split("train")[0].shape[0])
-    subset = spec.sharpness_samples if spec.sharpness_samples < n_train else None
-    evaluator = Evaluator(model, data, EvalSpec(loss=spec.loss, batch_size=max(spec.batch_size, 500),
-                                                splits=("train",), subset=subset, subset_seed=spec.seed),
-                          device=device)
-    lr = spec.lr_in(phase)
+    subset = samples if samples < n_train else None
+    evaluator = Evaluator(model, data, EvalSpec(loss=loss, batch_size=batch_size, splits=("train",), subset=subset,
+                                                subset_seed=seed), device=device)
     row = {"step": step, "epoch": epoch, "lambda_max": float("nan"), "residual": float("nan"), "converged": 0,
-           "matvecs": 0, "optimizer": spec.optimizer_in(phase).value, "lr": lr, "two_over_lr": 2.0 / lr}
+           "matvecs": 0, "optimizer": optimizer, "lr": lr, "two_over_lr": 2.0 / lr}
     try:
         result = HessianOperator(evaluator).eigenpairs(1, "largest", tol=SHARPNESS_TOL,
-                                                       max_matvecs=SHARPNESS_MAX_MATVECS, seed=spec.seed)
+                                                       max_matvecs=SHARPNESS_MAX_MATVECS, seed=seed)
     except NonFiniteError:  # a diverged run: log NaN and let training (and its own log) go on
         return row
     return {**row, "lambda_max": float(result.eigenvalues[0]), "residual": float(result.residuals[0]),

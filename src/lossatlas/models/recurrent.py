@@ -8,7 +8,7 @@ and puts one linear layer on top. ``lstm`` is the same network with LSTM cells (
 
 The cells are written out in plain tensor operations (the gate equations of ``torch.nn.GRU`` / ``torch.nn.LSTM``)
 rather than calling the fused kernels, so that the engine can ``vmap`` them over parameter points and take
-forward-over-reverse Hessian-vector products through them; both directions run in one batched loop. Parameter
+Hessian-vector products (second derivatives) through them; both directions run in one batched loop. Parameter
 names and gate layouts are those of ``torch.nn.GRU`` / ``torch.nn.LSTM`` (``rnn.weight_ih_l0``,
 ``rnn.weight_hh_l0_reverse``, ...), so a state dict of the reference model loads unchanged (and the tests
 compare the outputs with ``torch.nn.GRU`` / ``torch.nn.LSTM``). Initialisation is theirs too:

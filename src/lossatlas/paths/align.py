@@ -102,9 +102,9 @@ def permutation_spec(model: nn.Module, example_input: Tensor) -> PermutationSpec
 
     try:
         gm = torch.fx.symbolic_trace(private_copy(model))  # eval mode, so tracing cannot touch BN statistics
+        ShapeProp(gm).propagate(example_input)  # a trace that cannot run again (control flow baked in) is the same
     except Exception as exc:  # noqa: BLE001 - tracing failures are the model's, reported in one line
         raise _unsupported(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__})") from None
-    ShapeProp(gm).propagate(example_input)
     groups = _Groups()
     feature: dict[torch.fx.Node, tuple[int, int] | None] = {}  # node -> (group, units' block size) on dim 1
     axes: dict[str, list[tuple[int, int] | None]] = {}

@@ -15,46 +15,84 @@ import xarray as xr
 from lossatlas.viz.report.registry import Section, esc, register
 
 COLOURS = {"agrees": "#1a7f37", "differs": "#cf222e", "inconclusive": "#9a6700", "not comparable": "#6e7781"}
+HEADER = ("quantity", "key", "source", "expected", "measured", "95% CI", "margin", "d 90% CI", "verdict",
+          "runs / needed", "note")
+"""The columns of ``lossatlas study run``'s table (:mod:`lossatlas.studies.tables`), read back from results.json."""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if value != value:
+            return "—"
+        return str(int(value)) if value == int(value) and abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
+def _pair(ci: Any) -> str:
+    return "—" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _refs(items: list[str]) -> tuple[list[int], list[str]]:
+    distinct = list(dict.fromkeys(i for i in items if i))
+    return [distinct.index(i) + 1 if i else 0 for i in items], distinct
+
+
+def _runs(r: dict[str, Any]) -> str:
+    if r.get("runs") is None:
+        return "—"
+    return f"{r['runs']} / {'never' if r.get('runs_needed') is None else r['runs_needed']}"
 
 
 def rows_html(rows: list[dict[str, Any]]) -> str:
-    """The ``results.json`` rows as an HTML table (every string escaped; the cells of
-    :func:`lossatlas.studies.tables.row_cells`), with the sources, the numbered notes and the families below."""
-    from lossatlas.studies.framework import Row
-    from lossatlas.studies.tables import HEADER, family_lines, note_refs, row_cells, runs_text, source_refs
-
+    """The ``results.json`` rows as an HTML table (every string escaped), with the sources, the numbered notes and
+    the families' verdicts below."""
     if any("source" not in r for r in rows):
         return "<p>These results predate the verdict rule (no source per row); rerun the study.</p>"
-    parsed = [Row.from_json(r) for r in rows]
-    srefs, sources = source_refs(parsed)
-    nrefs, notes = note_refs(parsed)
-    head = "".join(f"<th>{esc(h)}</th>" for h in (*HEADER, "runs / needed", "note"))
+    srefs, sources = _refs([str(r.get("ref", "")) for r in rows])
+    nrefs, notes = _refs([str(r.get("note", "")) for r in rows])
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = []
-    for row, sref, nref in zip(parsed, srefs, nrefs, strict=True):
-        cells = [esc(c) for c in row_cells(row, sref)]
-        colour = COLOURS.get(row.verdict, "inherit")
-        cells[-1] = f'<span style="color:{colour};font-weight:600">{cells[-1]}</span>'
-        cells += [esc(runs_text(row)), esc(nref)]
+    for r, sref, nref in zip(rows, srefs, nrefs, strict=True):
+        key = " ".join(f"{k}={_fmt(v)}" for k, v in (r.get("key") or {}).items())
+        verdict = str(r.get("verdict", ""))
+        colour = COLOURS.get(verdict, "inherit")
+        cells = [esc(r.get("quantity", "")), esc(key), esc(f"{r['source']} [S{sref}]" if sref else r["source"]),
+                 esc(_fmt(r.get("expected"))), esc(_fmt(r.get("measured"))), esc(_pair(r.get("ci"))),
+                 esc(_fmt(r.get("margin"))), esc(_pair(r.get("diff_ci90"))),
+                 f'<span style="color:{colour};font-weight:600">{esc(verdict)}</span>', esc(_runs(r)),
+                 esc(f"[{nref}]" if nref else "")]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     html = f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
     html += "<p><b>Sources</b></p><ul>" + "".join(
         f"<li>S{i}. {esc(t)}</li>" for i, t in enumerate(sources, 1)) + "</ul>"
     if notes:
         html += "<p><b>Notes on the rows</b></p><ol>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>"
-    families = family_lines(parsed)
-    if families:
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault(str(r.get("family") or r.get("quantity")), []).append(r)
+    lines = [f"{name} ({len(rs)} rows): {rs[0].get('family_verdict') or '—'}" for name, rs in families.items()
+             if len(rs) > 1]
+    if lines:
         html += "<p><b>Families (Holm-corrected together)</b></p><ul>" + "".join(
-            f"<li>{esc(f)}</li>" for f in families) + "</ul>"
+            f"<li>{esc(f)}</li>" for f in lines) + "</ul>"
     return html
 
 
 def _counts(rows: list[dict[str, Any]]) -> str:
-    from lossatlas.studies.framework import Row
-    from lossatlas.studies.tables import verdict_counts
-
+    """Verdicts counted by source (``published: 3 agrees, 1 differs; derived: 2 agrees``)."""
     if any("source" not in r for r in rows):
         return "results predate the verdict rule"
-    return verdict_counts([Row.from_json(r) for r in rows])
+    parts = []
+    for source in dict.fromkeys(["published", "derived", "protocol", "sanity"] + [r["source"] for r in rows]):
+        mine = [r for r in rows if r["source"] == source]
+        if mine:
+            parts.append(f"{source}: " + ", ".join(f"{sum(r['verdict'] == v for r in mine)} {v}" for v in COLOURS
+                                                 if any(r["verdict"] == v for r in mine)))
+    return "; ".join(parts)
 
 
 def _image(path: Path) -> str:
