@@ -136,26 +136,47 @@ class BatchSizeWeightDecay(Study):
     PUBLISHED = Published(
         source="Li et al. 2018 (NeurIPS), Sec. 5: Fig. 2 (SB→LB interpolation, ‖θ‖₂ during training, weight "
                "histograms) and Fig. 3 (filter-normalised 1-D/2-D plots, test error in each title), VGG-9 on "
-               "CIFAR-10, batch 128 vs 8192, weight decay 0 vs 5e-4, as reproduced in the lecture notes (seed 000); "
-               "Keskar et al. 2017 (ICLR), Table 2 (ε-sharpness of LB minima larger)",
+               "CIFAR-10, batch 128 vs 8192, weight decay 0 vs 5e-4, as reproduced in the lecture notes (seed 000, "
+               "lines 33 and 42); Keskar et al. 2017 (ICLR), Table 3 (ε-sharpness of LB minima larger)",
         columns=("claim", "weight_decay", "published"),
         rows=(("small_batch_lower_test_error", 0.0, "yes"), ("small_batch_lower_test_error", 5e-4, "yes"),
               ("interpolation_flatter_end", 0.0, "SB"), ("interpolation_flatter_end", 5e-4, "LB"),
               ("weight_norm_grows (SB and LB)", 0.0, "yes"), ("more_large_weights", 0.0, "SB"),
               ("more_small_weights", 5e-4, "SB"), ("sharper_batch fn_width", "both", "LB"),
               ("sharper_batch eps_sharpness", 0.0, "LB"), ("sharpness_orders_test_error fn_width", "all", "yes")),
-        note="Li et al. print test errors on CIFAR-10 in the figure titles; those numbers are not comparable with "
-             "MNIST-1D, so only the claims are compared")
-    NOTES = """Scale: MNIST-1D (4000 training, 1000 test signals) with a VGG-9-style net of a quarter (full) or an
+        note="directions only: Li et al. print test errors on CIFAR-10 in the figure titles, not comparable with "
+             "MNIST-1D, so every published row is the direction of an effect (batch_size_checks.CLAIMS)")
+    NOTES = """Sources: every published row is a direction Li et al. 2018 state or show (Figs. 2-3, quoted in the
+    lecture notes, seed 000 lines 33 and 42), or Keskar et al. 2017's (ε-sharpness, Table 3); Li et al.'s
+    numbers are CIFAR-10 errors, so no row compares a number. Rows with no expected value (test error per
+    configuration, sharpness by measures or at weight decays the papers say nothing about, Spearman ρ,
+    ‖θ‖₂ with weight decay) are measurements shown beside the claims, 'not comparable'.
+
+    Verdict of a direction: the effect is measured per seed as a paired difference (LB − SB test error; SB
+    minus LB width around each end of the SB→LB line; SB − LB share of large or small weights; LB − SB
+    sharpness, widths counted as sharper when smaller) or, for the ordering claim, as Spearman's ρ of
+    sharpness with test error over the runs (percentile bootstrap, 1000 resamples). The measured direction is
+    the side of 0 on which its 95% interval (Student t over seeds) lies: the row agrees when that is the
+    published direction, differs when it is the other (Holm-corrected within the claim), and is inconclusive
+    when the interval contains 0 (3 seeds give wide intervals: only clear effects are decided). weight_norm_grows
+    is exact: the mean ‖θ‖₂ over seeds rises from epoch 0 to the middle and to the end (with BatchNorm, the
+    weights feeding a BN layer are scale-invariant and plain SGD without decay can only lengthen them; the
+    last layer and momentum are what could make the row fail).
+
+    Convergence gate (stated before the full run): a run's end point counts as a minimum when its final
+    training error is at most 1% (training accuracy ≥ 99%, as Keskar et al.'s SB and LB minima); comparisons
+    of minima use the seeds whose SB and LB runs both passed, and a cell with fewer than half (or fewer than
+    two) is 'not comparable (unconverged)', never 'differs'; weight_norm_grows, a property of training, has no
+    gate. The quick preset (one seed, 3 epochs, an eighth of the widths, 13-point curves, 5 L-BFGS-B
+    iterations, λmax on 500 samples) is a smoke test: its runs are far from converged (the large batch takes
+    12 steps), so its comparisons of minima are not comparable.
+
+    Scale: MNIST-1D (4000 training, 1000 test signals) with a VGG-9-style net of a quarter (full) or an
     eighth (quick) of VGG-9's widths, batches 32 and 1024, 20 epochs (full) with one step decay of the
     learning rate; Li et al. trained 300 epochs with three. Digits (359 test images) was tried first with batches
     16/1024 and 40 epochs: every configuration reached 98.3-100% test accuracy (one seed), too few test
-    images apart to order the runs, so the study runs on MNIST-1D. Text rows compare the *direction* of each
-    published effect with the direction of our means; numeric rows (test error, λmax, ε-sharpness, widths)
-    carry Student-t 95% intervals over seeds and no published value. Weights: 'large' means |w| above the
-    pooled (SB and LB of one weight decay and seed) 90th percentile of |w|, 'small' below its 10th. The
-    quick preset (one seed, 3 epochs, an eighth of the widths, 13-point curves, 5 L-BFGS-B iterations, λmax on
-    500 samples) is a smoke test: its runs are far from converged (the large batch takes 12 steps).
+    images apart to order the runs, so the study runs on MNIST-1D. Weights: 'large' means |w| above the
+    pooled (SB and LB of one weight decay and seed) 90th percentile of |w|, 'small' below its 10th.
 
     Protocol history: the first full run used a constant learning rate. Its small-batch runs with weight
     decay did not converge (training error 3-15% at the end, against 0-1% for the others), so they were no
@@ -208,11 +229,9 @@ class BatchSizeWeightDecay(Study):
                                         "x": lines[0]["x"]})
 
     def check(self, ds: xr.Dataset) -> list[Row]:
-
         return claim_rows(self, ds)
 
     def figures(self, ds: xr.Dataset, folder: Path) -> list[Path]:
-
         return batch_size_figures(self, ds, folder)
 
 

@@ -15,7 +15,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import inner, parameters_of, read_state_dict
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
-from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, mean_interval, wilson_interval
+from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, converged_runs
 from lossatlas.studies.mnist1d_baselines import MODELS as BASELINE_MODELS
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import (
@@ -27,12 +27,32 @@ from lossatlas.studies.runs import (
     study_data,
     train_run,
 )
+from lossatlas.studies.verdict import MARGIN_RATE, Expected, exact, published, rate, sample
 from lossatlas.training import OptimizerName, TrainSpec
 
 MODELS = {**BASELINE_MODELS, "lstm": "zoo:lstm"}
 """The MNIST-1D reference nets (Greydanus 2020) and the LSTM twin of the GRU."""
 STARTS = ("A", "B")
 PROFILE_METRICS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+SOLVED_FRACTION = 0.25
+"""Convergence gate of a trained end point θ*: it counts as a solution when training removed at least three
+quarters of the initial loss, L(θ*) ≤ L(θ₀)/4 (≈ 0.58 nats for 10 classes), with a finite loss. Stated before the
+full runs from a set-up check of the training loss alone (one run per net with the full protocol: 0.08-0.2 nats
+after 30 epochs; 1.0-1.3 after the quick preset's 3); weaker than Goodfellow et al.'s 'negligible training
+error', which our Adam runs at a constant rate 1e-2 do not reach."""
+GOODFELLOW = "Goodfellow, Vinyals & Saxe 2015 (ICLR)"
+MONOTONE_REF = (f"{GOODFELLOW}, Sec. 3-4, the linear-path figures of MLPs, CNNs and LSTMs: plotted, no number "
+                "printed; 'no bump' is read as a climb of 0 (the notes state the claim in words: seed 001, l. 117)")
+BARRIER_REF = (f"{GOODFELLOW}, the 'two random starting points, two solutions' figure: a barrier on the line "
+               "between two solutions; seed 004:793")
+
+
+def solved(initial: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """The convergence gate (:data:`SOLVED_FRACTION`) of runs with initial and final training losses."""
+    initial, final = np.asarray(initial, dtype=np.float64), np.asarray(final, dtype=np.float64)
+    return np.isfinite(final) & np.isfinite(initial) & (final <= SOLVED_FRACTION * initial)
+
+
 PLANE_DIMS = {"plane_x": ("px",), "plane_y": ("py",), "plane_train_loss": ("px", "py"),
               "plane_test_loss": ("px", "py"), "path_x": ("path",), "path_y": ("path",), "path_epoch": ("path",),
               "path_residual": ("path",), "path_train_loss": ("path",)}
@@ -145,19 +165,31 @@ class Goodfellow(Study):
         rows=(("mlp", 0.0, 0.0, "yes"), ("cnn", 0.0, 0.0, "yes"), ("lstm", 0.0, 0.0, "yes")),
         note="published as plots: 'no bump' is read as a largest uphill climb of 0; the barrier between two "
              "solutions is shown, not measured")
-    NOTES = """Tolerance: a climb smaller than bump_tolerance = 1% of L(θ₀) is invisible on profiles whose scale is
-    set by L(θ₀). 'No bump' is a claim about every profile, so max_uphill_rel is the largest climb over the
-    2·pairs runs of a model (it agrees when at most 0.01), and bump_pct the share of runs that climb more
-    than that (published 0, Wilson 95% interval). A barrier between two solutions counts as present when the
-    mean barrier exceeds 1% of L(θ₀).
+    NOTES = """Sources: all four claims are Goodfellow et al. 2015's (published), read from plots: the profiles
+    from θ₀ to θ* have no bump (max_uphill_rel, bump_pct), and two random starts reach two solutions with a
+    barrier on the line between them (solution_barrier_present; the barrier's height, solution_barrier, has no
+    published number and is shown, not compared). Margins: a climb smaller than bump_tolerance = 1% of L(θ₀) is
+    invisible on profiles whose scale is set by L(θ₀) (the resolution of the published plots), so
+    max_uphill_rel, the largest climb over the converged runs of a model, is exact with margin 0.01;
+    bump_pct, the share of those runs climbing more than that, is a rate against 0 with the 5-point margin of
+    every rate (no run count is published: with a handful of runs it can differ or be inconclusive, not agree).
+    solution_barrier_present is exact text: 'yes' when the line between the two solutions of every converged
+    pair rises above 1% of L(θ₀) over the chord of its end values; it fails for a convex model (the
+    'logistic' net) and whenever two starts reach one basin.
 
-    What differs: in the full run the LSTM's profile climbs in 3 of 4 runs (by up to 29% of L(θ₀), around
-    α ≈ 0.3) before falling to the solution, while the MLP's and CNN's are monotone. Goodfellow et al.'s LSTM
-    was a different net (a sequence model on other data, their optimiser); ours is the GRU's LSTM twin on
-    MNIST-1D trained with Greydanus' protocol (Adam 1e-2), fixed in advance; no other learning rates or
-    optimisers were tried. The quick preset trains 3 epochs (120 Adam steps),
-    one pair per model and a 9×9 plane for the CNN; the full preset 30 epochs (1200 steps), 2 pairs, 41 points
-    per line and 17×17 planes for the MLP, CNN and LSTM."""
+    Convergence gate (stated before the full run): θ* counts as a solution when L(θ*) ≤ L(θ₀)/4 with a finite
+    loss (a set-up check of training losses alone fixed it: the full protocol ends at 0.08-0.2 nats, the quick
+    preset at 1.0-1.3); it is weaker than Goodfellow et al.'s 'negligible training error'. A profile counts only
+    if its θ* passed, a pair only if both did; a model with fewer than half (or fewer than two) converged runs
+    is 'not comparable (unconverged)'. The quick preset (3 epochs, 120 Adam steps, one pair per model and a 9×9
+    plane for the CNN) is therefore a smoke test whose rows are not comparable; the full preset trains 30
+    epochs (1200 steps), 2 pairs, 41 points per line and 17×17 planes for the MLP, CNN and LSTM.
+
+    What differed in the earlier full run (before this gate): the LSTM's profile climbs in 3 of 4 runs (by up
+    to 29% of L(θ₀), around α ≈ 0.3) before falling to the solution, while the MLP's and CNN's are monotone.
+    Goodfellow et al.'s LSTM was a different net (a sequence model on other data, their optimiser); ours is the
+    GRU's LSTM twin on MNIST-1D trained with Greydanus' protocol (Adam 1e-2), fixed in advance; no other
+    learning rates or optimisers were tried."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in (*self.models, *self.plane_models) if m not in MODELS]
@@ -200,38 +232,69 @@ class Goodfellow(Study):
     def check(self, ds: xr.Dataset) -> list[Row]:
         rows: list[Row] = []
         alpha = ds.alpha.values
+        criterion = f"L(θ*) <= {SOLVED_FRACTION:g}·L(θ₀)"
         for model in ds.model.values:
             key = {"model": str(model)}
-            profiles = ds.profile_train_loss.sel(model=model).values.reshape(-1, alpha.size)
-            start_loss = profiles[:, 0]
-            uphill = np.array([climbs(p).max() for p in profiles]) / start_loss
-            worst = int(np.argmax(uphill))
-            top = int(np.argmax(climbs(profiles[worst])))
-            bottom = int(np.argmin(profiles[worst][:top + 1]))
-            bumps = int((uphill > self.bump_tolerance).sum())
-            note = (f"monotone in all {uphill.size} runs" if uphill[worst] == 0 else
-                    f"a bump above {self.bump_tolerance:g}·L(θ₀) in {bumps} of {uphill.size} runs; the largest "
-                    f"climbs {uphill[worst]:.3g}·L(θ₀) from α = {alpha[bottom]:.3g} to {alpha[top]:.3g}")
-            rows.append(Row.compare("max_uphill_rel", key, 0.0, float(uphill[worst]), tolerance=self.bump_tolerance,
-                                    note=note))
-            lo, hi = wilson_interval(bumps, uphill.size)
-            rows.append(Row.compare("bump_pct", key, 0.0, 100 * bumps / uphill.size, ci=(100 * lo, 100 * hi),
-                                    note=f"runs whose profile climbs more than {self.bump_tolerance:g}·L(θ₀) "
-                                         "(Wilson 95% interval)"))
-            between = ds.between_train_loss.sel(model=model).values
-            barriers = np.array([loss_barrier(alpha, b)["barrier"] for b in between])
-            relative = float((barriers / start_loss.reshape(-1, 2).mean(axis=1)).mean())
-            bmean, bci = mean_interval(barriers)
-            rows.append(Row.compare("solution_barrier", key, None, bmean, ci=bci,
-                                    note="train-loss barrier on the line between the two solutions (nats); "
-                                         "Goodfellow et al. show it, publish no number"))
-            distance = float(ds.distance_solutions.sel(model=model).mean())
-            travelled = float(ds.distance_travelled.sel(model=model).mean())
-            rows.append(Row.compare(
-                "solution_barrier_present", key, "yes", "yes" if relative > self.bump_tolerance else "no",
-                note=f"barrier {relative:.3g}·L(θ₀) (threshold {self.bump_tolerance:g}); ‖θ*_A − θ*_B‖ = "
-                     f"{distance:.3g} against ‖θ* − θ₀‖ = {travelled:.3g}"))
+            profiles = ds.profile_train_loss.sel(model=model).values.reshape(-1, alpha.size)  # (pair·start, α)
+            ok = solved(profiles[:, 0], profiles[:, -1])
+            mask, enough = converged_runs(ok)
+            gone = int((~mask).sum())
+            claims: tuple[tuple[str, Expected], ...] = (
+                ("max_uphill_rel", published(0.0, MONOTONE_REF, self.bump_tolerance)),
+                ("bump_pct", published(0.0, MONOTONE_REF, MARGIN_RATE)))
+            if enough or mask.all():
+                rows += self._profile_rows(key, profiles[mask], alpha, claims, gone)
+            else:
+                rows += [Row.unconverged_row(q, key, e, runs=ok.size, unconverged=gone, criterion=criterion)
+                         for q, e in claims]
+            rows += self._barrier_rows(ds, model, key, np.asarray(ok.reshape(-1, 2).all(axis=1)), criterion)
         return rows
+
+    def _profile_rows(self, key: dict[str, str], profiles: np.ndarray, alpha: np.ndarray,
+                      claims: tuple[tuple[str, Expected], ...], gone: int) -> list[Row]:
+        """Largest climb and share of bumpy profiles over the converged runs of one model."""
+        uphill = np.array([climbs(p).max() for p in profiles]) / profiles[:, 0]
+        worst = int(np.argmax(uphill))
+        top = int(np.argmax(climbs(profiles[worst])))
+        bottom = int(np.argmin(profiles[worst][:top + 1]))
+        bumps = int((uphill > self.bump_tolerance).sum())
+        left = f"; {gone} unconverged runs left out" if gone else ""
+        note = (f"monotone in all {uphill.size} converged runs" if uphill[worst] == 0 else
+                f"a bump above {self.bump_tolerance:g}·L(θ₀) in {bumps} of {uphill.size} converged runs; the "
+                f"largest climbs {uphill[worst]:.3g}·L(θ₀) from α = {alpha[bottom]:.3g} to {alpha[top]:.3g}") + left
+        (q1, e1), (q2, e2) = claims
+        return [Row.compare(q1, key, e1, exact(float(uphill[worst])), note=note, unconverged=gone),
+                Row.compare(q2, key, e2, rate(bumps, uphill.size), unconverged=gone,
+                            note=f"converged runs whose profile climbs more than {self.bump_tolerance:g}·L(θ₀)"
+                                 + left)]
+
+    def _barrier_rows(self, ds: xr.Dataset, model: Any, key: dict[str, str], pair_ok: np.ndarray,
+                      criterion: str) -> list[Row]:
+        """The line between the two solutions of every pair whose two runs both converged."""
+        alpha = ds.alpha.values
+        height = published(None, f"{GOODFELLOW}, 'two solutions' figure: shown, no height printed", 0.0)
+        present = published("yes", BARRIER_REF, 0.0)
+        mask, enough = converged_runs(pair_ok)
+        gone = int((~mask).sum())
+        if not (enough or mask.all()):
+            return [Row.unconverged_row(q, key, e, runs=mask.size, unconverged=gone,
+                                        criterion=f"{criterion}, both runs of a pair")
+                    for q, e in (("solution_barrier", height), ("solution_barrier_present", present))]
+        between = ds.between_train_loss.sel(model=model).values[mask]
+        start = ds.profile_train_loss.sel(model=model).isel(alpha=0).values[mask].mean(axis=-1)  # L(θ₀) of a pair
+        barriers = np.array([loss_barrier(alpha, b)["barrier"] for b in between])
+        relative = barriers / start
+        seen = int((relative > self.bump_tolerance).sum())
+        distance = float(ds.distance_solutions.sel(model=model).values[mask].mean())
+        travelled = float(ds.distance_travelled.sel(model=model).values[mask].mean())
+        left = f"; {gone} pairs with an unconverged run left out" if gone else ""
+        return [Row.compare("solution_barrier", key, height, sample(barriers), unconverged=gone,
+                            note="train-loss barrier on the line between the two solutions (nats)" + left),
+                Row.compare("solution_barrier_present", key, present, exact("yes" if seen == mask.sum() else "no"),
+                            unconverged=gone,
+                            note=f"a barrier above {self.bump_tolerance:g}·L(θ₀) in {seen} of {int(mask.sum())} "
+                                 f"converged pairs (relative barriers {', '.join(f'{r:.3g}' for r in relative)}); "
+                                 f"‖θ*_A − θ*_B‖ = {distance:.3g} against ‖θ* − θ₀‖ = {travelled:.3g}" + left)]
 
     def figures(self, ds: xr.Dataset, folder: Path) -> list[Path]:
         import matplotlib
@@ -277,4 +340,4 @@ class Goodfellow(Study):
         return paths
 
 
-__all__ = ["MODELS", "Goodfellow"]
+__all__ = ["MODELS", "SOLVED_FRACTION", "Goodfellow", "solved"]
