@@ -44,7 +44,7 @@ docs: $(STAMP)
 # The full preset of every study (hours on 2 cores; `make studies STUDIES=ccnn` for one); each results.json is checked in under docs/studies/.
 STUDIES := critical-points deep-linear single-neuron safran-shamir xor-jellyfish index-vs-error \
 	goodfellow mnist1d-baselines batch-size-weight-decay optimizer-switch skip-connections initialisation ccnn \
-	overparameterisation
+	overparameterisation safran-shamir-overparam random-directions nguyen-hein mode-connectivity width-effect ccnn-depth
 studies: $(STAMP)
 	mkdir -p docs/studies
 	for s in $(STUDIES); do $(VENV)/bin/lossatlas study run $$s --full --out runs/studies || exit 1; \

@@ -124,7 +124,9 @@ class StudyInfo:
 _REGISTRY: dict[str, StudyInfo] = {}
 BUILTIN_ORDER = ("critical-points", "deep-linear", "single-neuron", "safran-shamir", "xor-jellyfish", "index-vs-error",
                  "goodfellow", "mnist1d-baselines", "batch-size-weight-decay", "optimizer-switch", "skip-connections",
-                 "initialisation", "ccnn", "overparameterisation")
+                 "initialisation", "ccnn", "overparameterisation",
+                 "safran-shamir-overparam", "random-directions", "nguyen-hein", "mode-connectivity", "width-effect",
+                 "ccnn-depth")
 """The built-in studies in the order of the lecture notes' argument (exact examples first, experiments last)."""
 
 
