@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
+from lossatlas.data import load_data
 from lossatlas.errors import UserInputError
+from lossatlas.models.ccnn import build_ccnn, logits_from_features
+from lossatlas.models.nuclear import NuclearSpec, fit_ccnn
 from lossatlas.studies import get_study, run_study
-from lossatlas.studies.ccnn import TABLE_1, CCNNStudy, line_barrier, second_differences
+from lossatlas.studies.ccnn import PATCHES, TABLE_1, CCNNStudy, line_barrier, second_differences
 
 
 def test_registered_with_presets_and_table() -> None:
@@ -21,6 +25,27 @@ def test_registered_with_presets_and_table() -> None:
         CCNNStudy(datasets=("cifar10",))
     with pytest.raises(UserInputError):
         CCNNStudy(cnn_seeds=1)
+
+
+def test_solve_stops_once_certified() -> None:
+    """gap_tol stops the solve at the first check with Frank–Wolfe gap ≤ gap_tol; the gap it reports is the one
+    autograd gives at the fitted A (⟨∇_A F, A⟩ + R σ_max(∇_A F)); gap_tol = 0 runs every iteration."""
+    data = load_data("digits")
+    x, y = (t[:300] for t in data.split("train"))
+    model = build_ccnn(data.input_shape, data.output_dim, PATCHES["digits"], x, features=16, seed=0)
+    full = fit_ccnn(model, x, y, NuclearSpec(radius=10.0, iterations=400))
+    early = fit_ccnn(model, x, y, NuclearSpec(radius=10.0, iterations=400, gap_tol=0.05))
+    assert full.iterations == 400 and early.iterations < 400 and early.iterations % 10 == 1
+    assert early.fw_gap <= 0.05 < fit_ccnn(model, x, y, NuclearSpec(radius=10.0, iterations=early.iterations - 10)
+                                           ).fw_gap
+    z = model.feature_matrix(x).double()
+    a = early.model.weight.detach().double().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(logits_from_features(z, a, early.model.bias.detach().double()), y)
+    (grad,) = torch.autograd.grad(loss, a)
+    want = float((grad * a.detach()).sum()) + 10.0 * float(torch.linalg.matrix_norm(grad, ord=2))
+    assert early.fw_gap == pytest.approx(want, rel=1e-4, abs=1e-6)  # float32 weights of the fitted copy
+    with pytest.raises(UserInputError):
+        NuclearSpec(gap_tol=-1.0)
 
 
 def test_line_measures() -> None:
@@ -53,17 +78,43 @@ def test_check_judges_rows() -> None:
     study = CCNNStudy()
     rows = {(r.quantity, r.key.get("data"), r.key.get("model"), r.key.get("from")): r
             for r in study.check(_dataset(0.98, (0.96, 0.97), (0.1, 0.1 + 1e-5), 1e-4, convex, bump))}
-    assert rows[("ccnn_beats_cnn", "digits", None, None)].verdict == "agrees"
-    assert rows[("objective_spread", "digits", "CCNN-1", None)].verdict == "agrees"
+    claim = rows[("ccnn_beats_cnn", "digits", None, None)]
+    assert claim.verdict == "agrees" and claim.source == "published" and "2017" in claim.ref
+    assert rows[("fw_gap_max", "digits", "CCNN-1", None)].verdict == "agrees"  # 1e-4 ≤ the 0.01 threshold
+    assert rows[("fw_gap_max", "digits", "CCNN-1", None)].source == "protocol"
+    spread = rows[("objective_spread", "digits", "CCNN-1", None)]
+    assert (spread.source, spread.verdict, spread.margin) == ("sanity", "agrees", 1e-4)
+    assert rows[("line_convex", "digits", "CCNN-1", None)].source == "sanity"
     assert rows[("line_convex", "digits", "CCNN-1", None)].verdict == "agrees"
-    assert rows[("line_convex", "digits", "CNN-1", None)].verdict == "agrees"  # the bump: 'no', as expected
-    assert rows[("test_error_pct", "MNIST-basic", "CCNN-1", None)].verdict == "not comparable"
+    assert rows[("line_convex", "digits", "CNN-1", None)].measured == "no"  # the bump, reported only
+    assert rows[("line_convex", "digits", "CNN-1", None)].verdict == "not comparable"
+    table = rows[("test_error_pct", "MNIST-basic", "CCNN-1", None)]
+    assert (table.verdict, table.expected, table.source) == ("not comparable", 2.38, "published")
+    assert "seed 000:150" in table.ref and "seed 000:149" in rows[("test_error_pct", "MNIST-rot", "CNN-1", None)].ref
+    ours = rows[("test_error_pct", "digits", "CCNN-1", None)]
+    assert ours.measured == pytest.approx(100 * round(0.02 * 360) / 360) and ours.ci[0] < ours.measured < ours.ci[1]
     rows = {(r.quantity, r.key.get("model")): r
             for r in study.check(_dataset(0.90, (0.96, 0.97), (0.1, 0.2), 1e-4, bump, convex))}
     assert rows[("ccnn_beats_cnn", None)].verdict == "differs"
-    assert rows[("objective_spread", "CCNN-1")].verdict == "differs"  # 0.1 apart, certified to 1e-4
+    assert rows[("objective_spread", "CCNN-1")].verdict == "differs"  # 0.1 apart, certified to 1e-4: a bug
     assert rows[("line_convex", "CCNN-1")].verdict == "differs"
     assert rows[("line_barrier", "CCNN-1")].verdict == "differs"
+
+
+def test_unsolved_programme_is_not_comparable() -> None:
+    """A Frank–Wolfe gap above the threshold gates the claim: not comparable (unconverged), never differs."""
+    t = np.linspace(-0.5, 1.5, 21)
+    convex = (t - 0.5) ** 2 + 0.1
+    study = CCNNStudy(max_fw_gap=0.01)
+    rows = {(r.quantity, r.key.get("model")): r
+            for r in study.check(_dataset(0.90, (0.96, 0.97), (0.1, 0.1), 2.5, convex, convex))}
+    claim = rows[("ccnn_beats_cnn", None)]
+    assert claim.verdict == "not comparable" and claim.unconverged == 2 and "unconverged" in claim.note
+    assert claim.expected == "yes" and claim.source == "published"
+    assert rows[("fw_gap_max", "CCNN-1")].verdict == "differs" and rows[("fw_gap_max", "CCNN-1")].measured == 2.5
+    rows = {(r.quantity, r.key.get("model")): r
+            for r in study.check(_dataset(0.90, (0.96, 0.97), (0.1, 0.1), 0.009, convex, convex))}
+    assert rows[("ccnn_beats_cnn", None)].verdict == "differs"  # solved: the ordering is judged
 
 
 @pytest.mark.slow

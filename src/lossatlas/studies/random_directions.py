@@ -24,7 +24,7 @@ from lossatlas.studies.verdict import derived, published, relative_margin, sampl
 
 CLAIM_REF = ("Li, Xu, Taylor, Studer & Goldstein 2018 (NeurIPS), Sec. 7: the expected cosine similarity of Gaussian "
              "random vectors in n dimensions is roughly sqrt(2/(pi n)) (their citation: Goldstein & Studer 2016, "
-             "Lemma 5); the notes: seed 002:92")
+             "Lemma 5); the notes state the formula at seed 002:92")
 """Where the published √(2/(πn)) comes from."""
 
 MODEL_SHAPES = {"resnet20": ((3, 32, 32), 10), "resnet56": ((3, 32, 32), 10), "resnet110": ((3, 32, 32), 10),

@@ -62,6 +62,8 @@ def runs_text(row: Row) -> str:
     (``never`` when no run count suffices: the source's own sampling error exceeds the margin)."""
     if row.runs is None:
         return "—"
+    if row.expected is None or isinstance(row.expected, str):
+        return f"{row.runs} / —"
     needed = "never" if row.runs_needed is None else str(row.runs_needed)
     return f"{row.runs} / {needed}"
 

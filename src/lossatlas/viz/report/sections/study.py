@@ -44,6 +44,8 @@ def _refs(items: list[str]) -> tuple[list[int], list[str]]:
 def _runs(r: dict[str, Any]) -> str:
     if r.get("runs") is None:
         return "—"
+    if r.get("expected") is None or isinstance(r.get("expected"), str):
+        return f"{r['runs']} / —"
     return f"{r['runs']} / {'never' if r.get('runs_needed') is None else r['runs_needed']}"
 
 
