@@ -249,7 +249,7 @@ def studies_markdown(results_dir: str | Path | None = None) -> str:
             out += [f"Published: {info.cls.PUBLISHED.source}", ""]
         result = Path(results_dir) / f"{name}.json" if results_dir is not None else None
         if result is not None and result.is_file() and not _current(result):
-            out += ["The checked-in full run predates the verdict rule below; rerun it.", ""]
+            out += ["The checked-in full run predates the verdict rule (top of this page); it was not rerun yet.", ""]
         elif result is not None and result.is_file():
             payload, rows = read_rows(result)
             out += [f"Last full run (seed {payload['seed']}, preset {payload.get('preset', '?')}, "
