@@ -137,3 +137,18 @@ def test_ctrl_c_keeps_cells_and_the_same_command_resumes(tmp_path):
     again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert f"{6 - finished} cells computed, {finished} reused" in again.stdout
+
+
+def test_show_states_the_runs_each_row_needs(tmp_path):
+    from lossatlas.studies.framework import Row
+    from lossatlas.studies.verdict import published, rate
+
+    row = Row.compare("spurious_pct", {"k": 10, "n": 10},
+                      published(34.6, "Safran & Shamir 2018, Table 1", 5.0, runs=1000), rate(100, 300))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"study": "safran-shamir", "preset": "full", "rows": [row.as_json()]}))
+    shown = runner.invoke(app, ["study", "show", "safran-shamir", "--results", str(path)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert f"300 / {row.runs_needed}" in shown.output and row.runs_needed is not None
+    missing = runner.invoke(app, ["study", "show", "safran-shamir", "--results", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "no such file" in missing.output

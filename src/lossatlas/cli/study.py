@@ -86,11 +86,18 @@ def _runs_needed(name: str, results: Path | None) -> None:
             out_console.print("no full run found (docs/studies/NAME.json); run `lossatlas study run NAME --full` and "
                               "pass --results DIR/NAME/results.json for the runs each row needs", highlight=False)
             return
+        given = False
     elif not results.is_file():
         raise UserInputError(f"--results: no such file '{results}'; give a study's results.json")
+    else:
+        given = True
     try:
         payload, rows = read_rows(results)
     except (KeyError, ValueError, TypeError):
+        if not given:
+            out_console.print(f"the full run in {results} predates the verdict rule (no source per row); rerun it "
+                              "for the runs each row needs", highlight=False)
+            return
         raise UserInputError(f"--results: '{results}' is not a results.json of the current verdict rule; rerun "
                              "the study") from None
     table = Table(title=f"runs to decide each row (from {results}, {payload.get('preset', '?')} preset)")
