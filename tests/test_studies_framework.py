@@ -17,8 +17,8 @@ import xarray as xr
 from lossatlas.errors import UserInputError
 from lossatlas.studies import get_study, mean_interval, parse_overrides, run_study, study_names
 from lossatlas.studies.framework import Row, cell_seed, settle, wilson_interval
-from lossatlas.studies.verdict import derived, exact, published, rate, sample
 from lossatlas.studies.tables import read_rows, rows_markdown, studies_markdown
+from lossatlas.studies.verdict import derived, exact, published, rate, sample
 from tests import studies_fixture
 
 SIX = ["critical-points", "deep-linear", "single-neuron", "safran-shamir", "xor-jellyfish", "index-vs-error"]
