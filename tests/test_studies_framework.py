@@ -174,11 +174,14 @@ def test_killed_subprocess_resumes_without_redoing_cells(cells_study, tmp_path, 
 def test_studies_doc_lists_every_study_with_reproduce_lines(tmp_path):
     (tmp_path / "critical-points.json").write_text(json.dumps({
         "study": "critical-points", "seed": 0, "preset": "full", "params": {}, "elapsed_s": 1.0,
-        "rows": [Row.compare("kind", {"f": "x^2+y^4"}, "degenerate", "degenerate").as_json()]}))
+        "rows": [Row.compare("kind", {"f": "x^2+y^4"},
+                             derived("degenerate", "lossatlas.studies.critical_points.EXAMPLES"),
+                             exact("degenerate")).as_json()]}))
     text = studies_markdown(tmp_path)
     for name in SIX:
         assert f"## `{name}`" in text and f"lossatlas study run {name} --full" in text
-    assert "| kind | f=x^2+y^4 | degenerate | degenerate | — | 0 | agrees |  |" in text
+    assert "| kind | f=x^2+y^4 | derived [S1] | degenerate | degenerate | — | 0 | — | agrees | — |  |" in text
+    assert "## How a verdict is reached" in text and "Worked example" in text
     assert text.count("No full run is checked in yet.") == len(study_names()) - 1
 
 
