@@ -179,12 +179,6 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, hi
 
 
-def rate_tolerance(published_pct: float, runs: int) -> float:  # TODO(issue 17): removed once no study uses it
-    lo, hi = wilson_interval(round(published_pct / 100 * runs), runs)
-    p = published_pct / 100
-    return 100 * max(p - lo, hi - p)
-
-
 def mean_interval(values: Sequence[float] | np.ndarray) -> tuple[float, tuple[float, float] | None]:
     """``(mean, Student-t 95% interval)`` of a sample; the interval is ``None`` below two values."""
     x = np.asarray(values, dtype=np.float64)
