@@ -238,3 +238,25 @@ def test_seed_lines_quote_the_published_number(path: Path) -> None:
                 window = " ".join(lines[max(0, line - 6):line + 5])
                 assert any(f in window for f in _number_forms(float(value))), (
                     f"{path.stem}: {r['quantity']} {r['key']}: {value} not within 5 lines of seed {seed}:{line}")
+
+
+def test_direction_estimates_judge_a_sign_and_never_differ_without_one() -> None:
+    from lossatlas.studies.framework import Row, settle
+    from lossatlas.studies.verdict import direction, paired_test, published
+
+    claim = published("yes", "Keskar et al. 2017, Table 1", 0.0)
+    up = paired_test(np.array([0.4, 0.6, 0.5, 0.7, 0.55]))
+    assert up[1] is not None and up[1][0] > 0 and up[2] is not None and up[2] < 0.01
+    agrees = Row.compare("q", {"i": 0}, claim, direction(up[0], ("yes", "no"), ci=up[1], p=up[2], n=5))
+    assert agrees.measured == "yes" and agrees.verdict == "agrees" and agrees.runs == 5
+    flat = paired_test(np.array([0.3, -0.2, 0.1, -0.25, 0.05]))
+    unsure = Row.compare("q", {"i": 1}, claim, direction(flat[0], ("yes", "no"), ci=flat[1], p=flat[2], n=5))
+    assert unsure.measured is None and unsure.verdict == "inconclusive" and unsure.p == flat[2]
+    down = paired_test(-np.array([0.4, 0.6, 0.5, 0.7, 0.55]))
+    against = Row.compare("q", {"i": 2}, claim, direction(down[0], ("yes", "no"), ci=down[1], p=down[2], n=5))
+    assert against.measured == "no" and against.verdict == "differs" and against.p == down[2]
+    settled = settle([agrees, unsure, against])  # Holm over the three tested rows: the difference survives
+    assert [r.verdict for r in settled] == ["agrees", "inconclusive", "differs"]
+    assert settled[2].p_holm == pytest.approx(min(1.0, 3 * down[2]))
+    assert direction(0.2, ("positive", "negative"), p=0.2).value is None  # p without an interval: p < 0.05 needed
+    assert direction(-0.2, ("positive", "negative"), p=0.01).value == "negative"

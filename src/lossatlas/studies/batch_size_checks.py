@@ -7,9 +7,7 @@ This module imports nothing from the study itself: what the checks need from its
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +16,7 @@ import xarray as xr
 
 from lossatlas.curvature.sharpness import curve_width
 from lossatlas.studies.framework import Row, converged_runs
-from lossatlas.studies.verdict import Expected, exact, normal, published, sample
+from lossatlas.studies.verdict import Expected, direction, exact, normal, paired_test, published, sample
 
 MEASURES = ("fn_width", "unit_width", "lambda_max", "eps_sharpness")
 """Sharpness measures: filter-normalised curve width, Euclidean curve width, top Hessian eigenvalue, Keskar's ε."""
@@ -116,44 +114,19 @@ def solved(ds: xr.Dataset) -> np.ndarray:
 
 
 # -- direction claims ---------------------------------------------------------------------------------------------
-def paired_test(diffs: Sequence[float] | np.ndarray) -> tuple[float, tuple[float, float] | None, float | None]:
-    """``(mean, Student-t 95% interval, two-sided p of mean 0)`` of paired differences (None below two values)."""
-    est = sample(diffs)
-    if est.value is None:
-        return math.nan, None, None
-    ci = est.interval(0.95)
-    if ci is None:
-        return float(est.value), None, None  # type: ignore[arg-type]
-    mean = float(est.value)  # type: ignore[arg-type]
-    if est.sd == 0:
-        return mean, ci, 1.0 if mean == 0 else 0.0
-    from scipy.stats import t
-
-    stat = mean / (est.sd / math.sqrt(est.n))
-    return mean, ci, float(2 * t.sf(abs(stat), est.n - 1))
-
-
 def direction_row(quantity: str, key: Mapping[str, Any], expected: Expected, mean: float,
                   ci: tuple[float, float] | None, p: float | None, labels: tuple[str, str], *, n: int,
                   note: str, unconverged: int = 0, family: str | None = None) -> Row:
-    """A published direction (one of ``labels``) against a measured effect: ``labels[0]`` when the 95% interval
-    of the effect lies above 0, ``labels[1]`` when below; otherwise the runs do not tell the direction and the
-    row is *inconclusive* (never *differs*). A row against the published direction keeps the test's ``p`` so
-    that Holm's correction (:func:`~lossatlas.studies.framework.settle`) applies across its family."""
-    label = None if ci is None else labels[0] if ci[0] > 0 else labels[1] if ci[1] < 0 else None
+    """A published direction (one of ``labels``) against a measured effect, judged by the verdict rule's
+    :func:`~lossatlas.studies.verdict.direction` estimate: ``labels[0]`` when the 95% interval of the effect lies
+    above 0, ``labels[1]`` when below; otherwise *inconclusive* (never *differs*); a direction against the
+    published one keeps the test's ``p`` for Holm's correction across its family. This adds the note only."""
     interval = f" (95% CI [{ci[0]:.3g}, {ci[1]:.3g}])" if ci else ""
     text = f"{note}: {mean:.3g}{interval} over {n} runs"
-    if label is None:
+    measured = direction(mean, labels, ci=ci, p=p, n=n)
+    if measured.value is None:
         text += "; the interval contains 0 (or too few runs): no direction"
-    row = Row.compare(quantity, key, expected, exact(label), note=text, family=family, unconverged=unconverged)
-    row = replace(row, runs=n)
-    if expected.value is None:
-        return row
-    if label is None:
-        return replace(row, verdict="inconclusive", family_verdict="inconclusive", p=p, p_holm=p)
-    if label != expected.value:
-        return replace(row, p=p, p_holm=p)
-    return row
+    return Row.compare(quantity, key, expected, measured, note=text, family=family, unconverged=unconverged)
 
 
 def paired_row(quantity: str, exp: Expected, diffs: np.ndarray, labels: tuple[str, str], note: str,

@@ -95,7 +95,7 @@ class Row:
         value = measured.value
         if isinstance(value, np.generic):
             value = value.item()
-        runs = measured.n if measured.kind in ("rate", "sample") else None
+        runs = measured.n if measured.kind in ("rate", "sample", "direction") else None
         return cls(quantity, dict(key), expected.value, None if _is_missing(value) else value, ci, expected.source,
                    expected.ref, float(expected.margin), j.verdict, note, family or quantity, j.ci90, j.p, j.p,
                    j.verdict, runs_needed(expected, measured), runs, int(unconverged))

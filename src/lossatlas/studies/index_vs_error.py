@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from lossatlas.errors import UserInputError
 from lossatlas.studies.batched import batched_descent, model_loss, zoo_runs
 from lossatlas.studies.framework import Context, Row, save_figure
 from lossatlas.studies.registry import Published, Study, study
-from lossatlas.studies.verdict import exact, normal, published, relative_margin
+from lossatlas.studies.verdict import direction, exact, normal, published, relative_margin
 
 SIGN_REF = ("Dauphin et al. 2014, Identifying and attacking the saddle point problem, Fig. 1 (critical points of "
             "higher error have a larger index); the notes: 'Larger error, larger p', seed 004:691")
@@ -235,13 +234,11 @@ class IndexVsError(Study):
             return [Row.unconverged_row(q, {}, e, runs=n, unconverged=n - k, criterion=criterion)
                     for q, e in (("index_increases_with_loss", sign_expected), ("exponent", exponent_expected))]
         rho, pvalue = spearmanr(index, loss)
-        sign = "not significant" if not pvalue < 0.05 else "positive" if rho > 0 else "negative"
-        row = Row.compare("index_increases_with_loss", {}, sign_expected, exact(sign), unconverged=n - k,
+        row = Row.compare("index_increases_with_loss", {}, sign_expected,
+                          direction(float(rho), ("positive", "negative"), p=float(pvalue), n=k), unconverged=n - k,
                           note=f"Spearman rho = {rho:.3f}, p = {pvalue:.2g} over {k} critical points ('positive' or "
                                f"'negative' needs p < 0.05; otherwise the sign is not established: inconclusive); "
                                f"{counted}")
-        if sign == "not significant":  # too few points to tell the sign: neither agreement nor a difference
-            row = dataclasses.replace(row, verdict="inconclusive", p=None, p_holm=None, family_verdict="inconclusive")
         rows = [row]
         p, _, eps_c = fit_index_curve(loss, index)
         rng = np.random.default_rng(0)

@@ -18,12 +18,12 @@ from lossatlas.errors import UserInputError
 from lossatlas.landscape import anchor_axes, interpolate, surface
 from lossatlas.params import parameters_of
 from lossatlas.paths.barrier import loss_barrier, path_eval_spec
-from lossatlas.studies.batch_size_checks import comparable, direction_row, paired_test
+from lossatlas.studies.batch_size_checks import comparable, direction_row
 from lossatlas.studies.framework import Context, Row, cell_id, cell_seed, save_figure
 from lossatlas.studies.goodfellow import SOLVED_FRACTION, solved
 from lossatlas.studies.registry import Published, Study, study
 from lossatlas.studies.runs import TrainedRun, derived_seeds, read_run, study_data, train_run
-from lossatlas.studies.verdict import exact, published, sample
+from lossatlas.studies.verdict import exact, paired_test, published, sample
 from lossatlas.training import OptimizerName, TrainSpec
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")

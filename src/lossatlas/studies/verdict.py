@@ -185,11 +185,12 @@ class Estimate:
     """
 
     value: float | str | None
-    kind: str  # "rate" | "sample" | "normal" | "exact"
+    kind: str  # "rate" | "sample" | "normal" | "exact" | "direction"
     successes: int = 0
     n: int = 0
     sd: float = 0.0
     se: float = 0.0
+    p: float | None = None  # "direction": the two-sided p-value of "no effect"
 
     def interval(self, level: float = 0.95) -> tuple[float, float] | None:
         """The interval of the measured value itself at ``level`` (None for exact values)."""
@@ -239,6 +240,39 @@ def exact(value: float | str | None) -> Estimate:
     return Estimate(value, "exact")
 
 
+def direction(effect: float, labels: tuple[str, str], *, ci: tuple[float, float] | None = None,
+              p: float | None = None, n: int = 0) -> Estimate:
+    """The direction of an effect as a label: ``labels[0]`` when it is established above 0, ``labels[1]`` below.
+
+    Established means the 95% interval ``ci`` of the effect excludes 0, or (without an interval) ``p < 0.05`` for
+    "no effect". Otherwise the value is None: the runs do not tell the direction, and :func:`judge` calls the row
+    *inconclusive* (never *differs*). A direction against the expected one keeps ``p``, so that Holm's correction
+    applies across its family.
+    """
+    if ci is not None:
+        label = labels[0] if ci[0] > 0 else labels[1] if ci[1] < 0 else None
+    elif p is not None and p < ALPHA and math.isfinite(effect) and effect != 0:
+        label = labels[0] if effect > 0 else labels[1]
+    else:
+        label = None
+    return Estimate(label, "direction", n=int(n), p=None if p is None else float(p))
+
+
+def paired_test(diffs: Sequence[float] | np.ndarray) -> tuple[float, tuple[float, float] | None, float | None]:
+    """``(mean, Student-t 95% interval, two-sided p of mean 0)`` of paired differences (None below two values)."""
+    est = sample(diffs)
+    if est.value is None:
+        return math.nan, None, None
+    ci = est.interval(0.95)
+    if ci is None:
+        return float(est.value), None, None  # type: ignore[arg-type]
+    mean = float(est.value)  # type: ignore[arg-type]
+    if est.sd == 0:
+        return mean, ci, 1.0 if mean == 0 else 0.0
+    stat = mean / (est.sd / math.sqrt(est.n))
+    return mean, ci, 2 * _t_sf(abs(stat), est.n - 1)
+
+
 # -- the difference --------------------------------------------------------------------------------------------
 def difference_interval(expected: Expected, measured: Estimate, level: float) -> tuple[float, float] | None:
     """The ``level`` interval of ``d = measured − expected`` (None for exact values or missing data)."""
@@ -279,6 +313,12 @@ class Judgement:
 def judge(expected: Expected, measured: Estimate) -> Judgement:
     """The row's verdict before Holm's correction (see the module docstring)."""
     e, m = expected.value, measured.value
+    if measured.kind == "direction" and e is not None:
+        if m is None:  # no direction established: neither agreement nor a difference (its p still counts in Holm)
+            return Judgement("inconclusive", None, None, None, measured.p)
+        same = str(e) == str(m)
+        return Judgement("agrees" if same else "differs", None, None, None,
+                         1.0 if same else (measured.p if measured.p is not None else 0.0))
     if e is None or m is None:
         return Judgement("not comparable", None, None, None, None)
     if isinstance(e, str) or isinstance(m, str):
@@ -391,5 +431,5 @@ def seed_ref(ref: str) -> list[tuple[str, int]]:
 
 __all__ = ["ALPHA", "MARGIN_ACCURACY", "MARGIN_RATE", "MARGIN_RELATIVE", "Estimate", "Expected", "Judgement",
            "ROUNDING", "half_unit", "relative_margin", "SOURCES", "VERDICTS", "derived",
-           "difference_interval", "exact", "family_verdict", "holm", "judge", "normal", "protocol",
-           "published", "rate", "runs_needed", "sample", "sanity", "seed_ref", "wilson"]
+           "difference_interval", "direction", "exact", "family_verdict", "holm", "judge", "normal",
+           "paired_test", "protocol", "published", "rate", "runs_needed", "sample", "sanity", "seed_ref", "wilson"]
