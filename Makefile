@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# CPU torch first, pinned, so nothing later pulls a CUDA build.
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test]"
+	# [hf] (transformers: no torch, no torchvision; ~10 s) so the Hugging Face tests run in CI too.
+	$(PIP) install -q -e ".[test,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)

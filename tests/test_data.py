@@ -104,7 +104,7 @@ def test_builtin_shapes_dtypes_task(
 
 
 def test_dataset_names_lists_every_builtin() -> None:
-    assert dataset_names() == ["digits", "jellyfish", "mnist1d", "spirals", "teacher", "xor"]
+    assert dataset_names() == ["digits", "jellyfish", "mnist1d", "modadd", "spirals", "teacher", "xor"]
 
 
 def test_mnist1d_default_sizes(mnist1d_default: Dataset) -> None:
@@ -302,7 +302,9 @@ def test_npz_round_trip_regression_without_test(tmp_path: Path) -> None:
     np.savez(path, x=x, y=y)
     data = load_data(str(path))
     assert data.task == "regression" and data.num_classes is None and data.output_dim == 1
-    assert data.x_train.dtype == torch.float32 and data.y_train.shape == (6, 1)
+    # integer inputs are kept as integers (token ids, the batch contract); only float inputs become float32
+    assert data.x_train.dtype == torch.int64 and data.y_train.shape == (6, 1)
+    assert torch.equal(data.x_train, torch.from_numpy(x).long())
     torch.testing.assert_close(data.y_train[:, 0], torch.from_numpy(y).float())
     assert data.x_test is None and data.y_test is None
     with pytest.raises(UserInputError, match="no test split"):
@@ -322,7 +324,8 @@ NPZ_ARRAY_ERRORS = {  # case -> (arrays saved with np.savez, expected part of th
     "y_test without x_test": ({"x": _X, "y": _Y, "y_test": _Y}, "both or neither"),
     "string x": ({"x": np.array(["a", "b"]), "y": _Y}, "numeric"),
     "negative label": ({"x": _X, "y": np.array([0, -1])}, ">= 0"),
-    "2-D integer labels": ({"x": _X, "y": np.zeros((2, 2), dtype=np.int64)}, "shape"),
+    "negative per-token label": ({"x": _X, "y": np.array([[0, -100], [1, -3]])}, ">= 0"),
+    "every label ignored": ({"x": _X, "y": np.full((2, 2), -100)}, "all ignored"),
     "mixed y types": ({"x": _X, "y": _Y, "x_test": _X, "y_test": np.zeros(2)}, "mix integer and float"),
 }
 
@@ -453,10 +456,13 @@ def test_function_returning_tuples(user_file: Path) -> None:
 
 
 def test_function_returning_torch_dataset(user_file: Path) -> None:
-    data = load_data(f"{user_file}:as_torch_dataset")
-    assert data.x_train.shape == (5, 2, 3) and data.y_train.tolist() == [0, 1, 0, 1, 0]
+    from lossatlas.batch import num_rows, take
+
+    data = load_data(f"{user_file}:as_torch_dataset")  # streamed: read batch by batch, never held whole
+    assert data.streamed and num_rows(data.x_train) == 5 and data.input_shape == (2, 3)
+    assert take(data.y_train, slice(0, 5)).tolist() == [0, 1, 0, 1, 0]
     assert data.x_test is None and data.num_classes == 2
-    torch.testing.assert_close(data.x_train[3], torch.full((2, 3), 3.0))
+    torch.testing.assert_close(take(data.x_train, [3])[0], torch.full((2, 3), 3.0))
 
 
 def test_module_function_form(user_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ FLAT_MODELS = ["mlp", "logistic", "cnn1d", "gru", "lstm", "vgg9_1d", "linear", "
 FORWARD_CASES = [(name, shape) for name in IMAGE_MODELS for shape in (DIGITS, CIFAR)] + [
     (name, shape) for name in FLAT_MODELS for shape in (FLAT, DIGITS)
 ]
+TOKEN_MODELS = ["gpt"]  # int64 token ids (N, T) -> per-token logits (N, T, V)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -41,7 +42,17 @@ def _assert_one_line_error(spec: str, match: str, **kwargs: object) -> None:
 
 
 def test_forward_cases_cover_the_whole_zoo() -> None:
-    assert {name for name, _ in FORWARD_CASES} == set(zoo_names()) == set(ZOO)
+    assert {name for name, _ in FORWARD_CASES} | set(TOKEN_MODELS) == set(zoo_names()) == set(ZOO)
+
+
+@pytest.mark.parametrize("name", TOKEN_MODELS)
+def test_token_model_builds_and_forwards(name: str) -> None:
+    model = build_model(f"zoo:{name}", input_shape=(5,), output_dim=7)
+    assert all(not m.training for m in model.modules())
+    ids = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(ids)
+    assert out.shape == (2, 5, 7) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(("name", "shape"), FORWARD_CASES, ids=lambda v: str(v))

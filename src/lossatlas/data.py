@@ -6,13 +6,20 @@
   ``teacher`` (n, d, k, noise, n_test), ``xor`` (n, noise), ``jellyfish`` (n, noise), ``spirals`` (n, noise,
   turns); defaults and sources in each builder's docstring;
 * ``path/file.npz``         arrays ``x``, ``y`` (or ``x_train``, ``y_train``) and optionally ``x_test``, ``y_test``;
+  named inputs as ``x_<name>`` (and ``x_test_<name>``) arrays, several positional inputs as ``x_0, x_1, ...``;
 * ``path/file.py:function`` or ``package.module:function``  a user function (called with ``seed=``
-  when it accepts it) returning a :class:`Dataset`, a dict, a tuple ``(x, y[, x_test, y_test])`` or a
-  map-style ``torch.utils.data.Dataset`` (materialised as the train split).
+  when it accepts it) returning a :class:`Dataset`, a dict, a tuple ``(x, y[, x_test, y_test])`` (``x`` may be
+  a tensor, a tuple or a dict of tensors) or a map-style ``torch.utils.data.Dataset`` of ``(inputs, target)``
+  items (or a pair of them: train, test), which is read batch by batch and never held whole;
+* ``modadd:p=97,frac=0.3``  Power et al. 2022's modular addition as tokens ``a b =``;
+* ``text:FILE.txt[,block=128,tokenizer=DIR]``  a text file cut into token blocks for a causal language model.
 
-Integer labels mean classification (``num_classes = max + 1``); float targets mean regression, with 1-D
-targets reshaped to ``(N, 1)``. Every random choice comes from ``numpy.random.default_rng`` streams
-spawned from ``seed``; the global numpy, ``random`` and torch RNG states are never changed.
+Inputs follow the batch contract (:mod:`lossatlas.batch`): integer arrays stay int64 (token ids), booleans
+bool, floats become float32 (1-D float inputs ``(N, 1)``). Integer labels mean classification
+(``num_classes = max + 1``): ``(N,)`` one per sample, ``(N, T, ...)`` one per token with -100 ignored. Float
+targets mean regression, with 1-D targets reshaped to ``(N, 1)``. Every random choice comes from
+``numpy.random.default_rng`` streams spawned from ``seed``; the global numpy, ``random`` and torch RNG states are
+never changed.
 """
 
 from __future__ import annotations
@@ -37,6 +44,18 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from lossatlas.batch import (
+    IGNORE_INDEX,
+    Stream,
+    StreamColumn,
+    check_inputs,
+    describe,
+    is_stream,
+    leaves,
+    num_rows,
+    per_token,
+    take,
+)
 from lossatlas.errors import UserInputError
 from lossatlas.specs import Spec, call_with_accepted, load_user_function, parse_spec
 
@@ -52,47 +71,68 @@ def _fail(message: str) -> UserInputError:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train (and optional test) tensors plus what the task is.
+    """Train (and optional test) splits plus what the task is.
 
-    ``x_*`` are float32 ``(N, *input_shape)``; ``y_*`` are int64 ``(N,)`` class labels for
-    classification or float32 ``(N, output_dim)`` targets for regression. ``name`` is the canonical spec.
+    ``x_*`` are inputs of the batch contract (:mod:`lossatlas.batch`): a tensor ``(N, *input_shape)`` (float32,
+    or int64 token ids), a tuple or a dict of such tensors, or a :class:`~lossatlas.batch.StreamColumn` read
+    batch by batch. ``y_*`` are int64 class labels ``(N,)`` or per-token labels ``(N, T, ...)`` (-100 ignored)
+    for classification, or float32 ``(N, output_dim, ...)`` targets for regression. ``name`` is the canonical
+    spec.
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor | None
-    y_test: torch.Tensor | None
+    x_train: Any
+    y_train: Any
+    x_test: Any | None
+    y_test: Any | None
     task: str
     num_classes: int | None
 
     def __post_init__(self) -> None:
         classification = self.task == "classification"
         has_test = self.x_test is not None or self.y_test is not None
+        if self.task not in TASKS or has_test and (self.x_test is None or self.y_test is None):
+            raise _fail(f"dataset {self.name!r}: need task in {TASKS}; x_test and y_test together")
         for x, y in [(self.x_train, self.y_train)] + ([(self.x_test, self.y_test)] if has_test else []):
-            ok = isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.ndim >= 1 and y.ndim >= 1
+            if is_stream(x) and is_stream(y):
+                continue
+            check_inputs(x, f"dataset {self.name!r}")
+            ok = isinstance(y, torch.Tensor) and y.ndim >= 1
             if classification:
-                ok = ok and y.ndim == 1 and y.dtype == torch.int64  # type: ignore[union-attr]
+                ok = ok and y.dtype == torch.int64
             else:
-                ok = ok and y.ndim == 2 and y.is_floating_point()  # type: ignore[union-attr]
-            if self.task not in TASKS or not ok or len(x) != len(y):  # type: ignore[arg-type]
+                ok = ok and y.ndim >= 2 and y.is_floating_point()
+            if not ok or num_rows(x) != len(y):
                 raise _fail(
-                    f"dataset {self.name!r}: need task in {TASKS}, tensors x (N, ...) and y (N,) int64 for "
-                    "classification or (N, k) float for regression; x_test and y_test together"
+                    f"dataset {self.name!r}: need inputs x with N rows and targets y (N,) or (N, T) int64 for "
+                    f"classification or (N, k) float for regression; got x {describe(x)}, y "
+                    f"{describe(y) if isinstance(y, torch.Tensor) else type(y).__name__}"
                 )
         if classification and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise _fail(f"dataset {self.name!r}: classification needs num_classes >= 1")
 
     def __repr__(self) -> str:
-        test = f", test={tuple(self.x_test.shape[:1])[0]}" if self.x_test is not None else ", no test split"
+        test = f", test={num_rows(self.x_test)}" if self.x_test is not None else ", no test split"
         kind = f"{self.num_classes} classes" if self.task == "classification" else f"{self.output_dim} targets"
-        return (f"Dataset({self.name!r}: {self.task}, {kind}, input {self.input_shape}, "
-                f"train={int(self.x_train.shape[0])}{test})")
+        tokens = ", per-token labels" if self.per_token else ""
+        return (f"Dataset({self.name!r}: {self.task}, {kind}{tokens}, input {self.input_shape}, "
+                f"train={num_rows(self.x_train)}{test})")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, ``x_train.shape[1:]``."""
-        return tuple(self.x_train.shape[1:])
+        """Shape of one input, ``x_train.shape[1:]`` (of the first input when there are several)."""
+        first = take(self.x_train, slice(0, 1)) if is_stream(self.x_train) else self.x_train
+        return tuple(leaves(first)[0].shape[1:])
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the labels are per token, ``(N, T, ...)`` int64."""
+        return self.task == "classification" and per_token(self.y_train)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are read batch by batch from a map-style Dataset."""
+        return is_stream(self.x_train)
 
     @property
     def output_dim(self) -> int:
@@ -100,9 +140,10 @@ class Dataset:
         if self.task == "classification":
             assert self.num_classes is not None
             return self.num_classes
-        return int(self.y_train.shape[1])
+        y = take(self.y_train, slice(0, 1)) if is_stream(self.y_train) else self.y_train
+        return int(y.shape[-1])
 
-    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, which: str) -> tuple[Any, Any]:
         """``(x, y)`` of the ``"train"`` or ``"test"`` split."""
         if which == "train":
             return self.x_train, self.y_train
@@ -113,13 +154,22 @@ class Dataset:
         raise _fail(f"unknown split {which!r}; use 'train' or 'test'")
 
     def fingerprint(self) -> str:
-        """SHA-256 hex digest of the train and test tensors (dtype, shape and bytes), for provenance."""
+        """SHA-256 hex digest of the train and test tensors (names, dtype, shape and bytes), for provenance; a
+        streamed split contributes its length and first and last items (:meth:`lossatlas.batch.Stream.fingerprint`).
+        """
         digest = hashlib.sha256()
         for label in ("x_train", "y_train", "x_test", "y_test"):
-            tensor = getattr(self, label)
+            value = getattr(self, label)
             digest.update(label.encode())
-            array = np.zeros(0) if tensor is None else tensor.detach().cpu().contiguous().numpy()
-            digest.update(f"{tensor is None}{array.dtype.str}{array.shape}".encode() + array.tobytes())
+            if isinstance(value, StreamColumn):
+                digest.update(f"stream{value.part}{value.stream.fingerprint()}".encode())
+                continue
+            named = [("", None)] if value is None else (
+                list(value.items()) if isinstance(value, dict) else
+                [(f"[{i}]", t) for i, t in enumerate(value)] if isinstance(value, tuple) else [("", value)])
+            for key, tensor in named:
+                array = np.zeros(0) if tensor is None else tensor.detach().cpu().contiguous().numpy()
+                digest.update(f"{key}{tensor is None}{array.dtype.str}{array.shape}".encode() + array.tobytes())
         return digest.hexdigest()
 
 
@@ -139,9 +189,36 @@ def _as_array(value: Any, what: str, name: str) -> np.ndarray:
     return array
 
 
+def _input_leaf(value: Any, what: str, name: str) -> torch.Tensor:
+    """One input array as a tensor of the contract: floats float32 (1-D -> ``(N, 1)``), integers int64, bool."""
+    array = _as_array(value, what, name)
+    if array.dtype.kind == "f":
+        array = array.reshape(len(array), 1) if array.ndim == 1 else array
+        return torch.from_numpy(np.array(array, dtype=np.float32))
+    if array.dtype.kind == "b":
+        return torch.from_numpy(np.array(array, dtype=bool))
+    return torch.from_numpy(np.array(array, dtype=np.int64))
+
+
+def _inputs(value: Any, what: str, name: str) -> Any:
+    """Inputs of one split: an array/tensor, a tuple/list of them, or a dict of them (names must be str)."""
+    if isinstance(value, dict):
+        if not value or not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise _fail(f"{name}: named inputs {what} need identifier names (the model's keyword arguments), "
+                        f"got {sorted(map(str, value)) or 'none'}")
+        out: Any = {k: _input_leaf(v, f"{what}[{k!r}]", name) for k, v in value.items()}
+    elif isinstance(value, tuple | list) and value and all(
+            isinstance(v, torch.Tensor | np.ndarray) for v in value):
+        out = tuple(_input_leaf(v, f"{what}[{i}]", name) for i, v in enumerate(value))
+    else:
+        out = _input_leaf(value, what, name)
+    return check_inputs(out, name, what)
+
+
 def _from_arrays(name: str, *arrays: Any, num_classes: int | None = None) -> Dataset:
-    """``x, y[, x_test, y_test]`` -> :class:`Dataset`: integer ``y`` is classification (``num_classes``
-    defaults to ``max + 1``), float ``y`` regression (1-D ``y`` -> ``(N, 1)``); 1-D ``x`` -> ``(N, 1)``."""
+    """``x, y[, x_test, y_test]`` -> :class:`Dataset`: integer ``y`` is classification (labels ``(N,)`` or per
+    token ``(N, T, ...)`` with -100 ignored; ``num_classes`` defaults to ``max + 1``), float ``y`` regression
+    (1-D ``y`` -> ``(N, 1)``). Inputs may be arrays, tuples or dicts of arrays (:func:`_inputs`)."""
     x, y, x_test, y_test = (*arrays, None, None)[:4]
     if (x_test is None) != (y_test is None):
         raise _fail(f"{name}: x_test and y_test go together; provide both or neither")
@@ -150,20 +227,23 @@ def _from_arrays(name: str, *arrays: Any, num_classes: int | None = None) -> Dat
     classification = ys[0].dtype.kind != "f"
     if any((ya.dtype.kind != "f") != classification for ya in ys):
         raise _fail(f"{name}: y and y_test mix integer and float types; use one type for both")
-    tensors: list[torch.Tensor] = []
+    tensors: list[Any] = []
     for (xs, _, suffix), ya in zip(pairs, ys, strict=True):
-        xa = _as_array(xs, "x" + suffix, name)
-        if xa.shape[0] != ya.shape[0] or xa.shape[0] == 0:
-            raise _fail(f"{name}: x{suffix} {xa.shape} and y{suffix} {ya.shape} need the same N > 0 rows")
-        if classification and (ya.ndim != 1 or ya.min() < 0):
-            raise _fail(f"{name}: integer labels y{suffix} must be >= 0 with shape (N,), got {ya.shape}")
-        if not classification and ya.ndim > 2:
-            raise _fail(f"{name}: float targets y{suffix} must have shape (N,) or (N, k), got {ya.shape}")
-        xa = xa.reshape(len(xa), 1) if xa.ndim == 1 else xa
-        ya = ya.astype(np.int64) if classification else ya.reshape(len(ya), -1).astype(np.float32)
-        tensors += [torch.from_numpy(np.array(xa, dtype=np.float32)), torch.from_numpy(ya)]
+        xa = _inputs(xs, "x" + suffix, name)
+        rows = num_rows(xa)
+        if rows != ya.shape[0]:
+            raise _fail(f"{name}: x{suffix} ({describe(xa)}) and y{suffix} {ya.shape} need the same N rows")
+        if classification:
+            real = ya[ya != IGNORE_INDEX]
+            if real.size == 0 or real.min() < 0 or ya.ndim == 0:
+                raise _fail(f"{name}: integer labels y{suffix} must be >= 0 (or {IGNORE_INDEX} for an ignored "
+                            f"token) with shape (N,) or (N, T), and not all ignored; got shape {ya.shape}, "
+                            f"smallest {int(ya.min()) if ya.size else 'none'}")
+        ya = ya.astype(np.int64) if classification else (
+            ya.reshape(len(ya), -1) if ya.ndim == 1 else ya).astype(np.float32)
+        tensors += [xa, torch.from_numpy(np.ascontiguousarray(ya))]
     if classification and num_classes is None:
-        num_classes = max(int(ya.max()) for ya in ys) + 1
+        num_classes = max(int(ya[ya != IGNORE_INDEX].max()) for ya in ys) + 1
     x_train, y_train, *test = tensors
     x_test, y_test = test if test else (None, None)
     task = "classification" if classification else "regression"
@@ -316,6 +396,15 @@ def _spirals(p: dict[str, Any], seed: int) -> Arrays:
     return _train_test(seed, sample, p["n"], p["n"])
 
 
+def _modadd(p: dict[str, Any], seed: int) -> Arrays:
+    """Power et al. 2022's modular addition (:func:`lossatlas.tokens.modadd_arrays`): tokens ``a b =``, the answer
+    ``(a + b) mod p`` scored at the last position; the split comes from the key ``seed`` (default 0), not from
+    ``load_data``'s seed, so models trained from different seeds share the data."""
+    from lossatlas.tokens import modadd_arrays
+
+    return modadd_arrays(p=p["p"], frac=p["frac"], seed=p["seed"])
+
+
 @dataclass(frozen=True)
 class _Builtin:
     build: Callable[[dict[str, Any], int], Arrays]
@@ -332,6 +421,7 @@ _BUILTINS: dict[str, _Builtin] = {
     "xor": _Builtin(_xor, {"n": (1, 1), "noise": (0.0, 0.0)}, 2),
     "jellyfish": _Builtin(_jellyfish, {"n": (400, 2), "noise": (0.02, 0.0)}, 2),
     "spirals": _Builtin(_spirals, {"n": (400, 2), "noise": (0.1, 0.0), "turns": (1.5, 0.0)}, 2),
+    "modadd": _Builtin(_modadd, {"p": (97, 2), "frac": (0.3, 0.0), "seed": (0, 0)}, None),
 }
 
 
@@ -367,15 +457,67 @@ def _load_builtin(name: str, pairs: Sequence[tuple[str, str]], seed: int) -> Dat
     canonical = ",".join(f"{key}={given[key]}" for key in builtin.keys if key in given)
     spec = f"{name}:{canonical}" if canonical else name
     arrays = builtin.build(params, seed)
-    return _from_arrays(spec, *(arrays.get(k) for k in _ARRAYS), num_classes=builtin.num_classes)
+    num_classes = builtin.num_classes if "num_classes" not in arrays else int(arrays["num_classes"])
+    return _from_arrays(spec, *(arrays.get(k) for k in _ARRAYS), num_classes=num_classes)
+
+
+def _load_text(spec: str) -> Dataset:
+    """``text:FILE[,block=128][,tokenizer=DIR][,test_frac=0.1]``: a text file as token blocks for a causal
+    language model (:func:`lossatlas.tokens.text_arrays`)."""
+    from lossatlas.tokens import text_arrays
+
+    path, *items = spec.removeprefix("text:").split(",")
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in ("block", "tokenizer", "test_frac"):
+            raise _fail(f"{spec}: unknown option {item!r}; write text:FILE.txt[,block=128][,tokenizer=DIR]"
+                        "[,test_frac=0.1]")
+        try:
+            options[key] = value if key == "tokenizer" else (int(value) if key == "block" else float(value))
+        except ValueError:
+            raise _fail(f"{spec}: {key} must be {'an integer' if key == 'block' else 'a number'}, got {value!r}") \
+                from None
+    if not path.strip():
+        raise _fail(f"{spec}: name the text file, e.g. text:corpus.txt,block=128")
+    arrays = text_arrays(path.strip(), **options)
+    return _from_arrays(spec, *(arrays.get(k) for k in _ARRAYS), num_classes=int(arrays["num_classes"]))
 
 
 # ----------------------------------------------------------------------------- user data
 
 
+def _named_inputs(found: list[str], prefix: str, spec: str) -> list[str]:
+    """Names ``<name>`` of the arrays ``<prefix><name>`` (``x_`` / ``x_test_``), sorted (digits numerically)."""
+    skip = {"x_train", "x_test", "y_train", "y_test"} if prefix == "x_" else set()
+    names = [f.removeprefix(prefix) for f in found if f.startswith(prefix) and f not in skip
+             and not (prefix == "x_" and f.startswith("x_test_"))]
+    if names and all(n.isdigit() for n in names):
+        return sorted(names, key=int)
+    return names
+
+
+def _npz_inputs(archive: Any, found: list[str], plain: str, prefix: str, spec: str) -> Any:
+    """The inputs of one split: the array ``plain``, or the named arrays ``<prefix><name>`` (a dict; a tuple when
+    the names are 0, 1, ...)."""
+    names = _named_inputs(found, prefix, spec)
+    if plain in found and names:
+        raise _fail(f"{spec}: holds both {plain} and {prefix}<name> arrays; keep one layout for the inputs")
+    if plain in found or not names:
+        return archive[plain] if plain in found else None
+    if all(n.isdigit() for n in names):
+        if [int(n) for n in names] != list(range(len(names))):
+            raise _fail(f"{spec}: positional inputs must be {prefix}0, {prefix}1, ... without gaps; found "
+                        f"{', '.join(prefix + n for n in names)}")
+        return tuple(archive[prefix + n] for n in names)
+    return {n: archive[prefix + n] for n in names}
+
+
 def _load_npz(spec: str) -> Dataset:
     """Arrays ``x``, ``y`` (or ``x_train``, ``y_train``) [, ``x_test``, ``y_test``] from an ``.npz``; never
-    unpickles."""
+    unpickles. Several inputs: ``x_<name>`` (a dict of named inputs, ``model(**x)``) or ``x_0, x_1, ...`` (a tuple,
+    ``model(*x)``), with ``x_test_<name>`` for the test split."""
     if not Path(spec).expanduser().is_file():
         raise _fail(f"data file not found: {spec}; check the path")
     try:
@@ -387,10 +529,13 @@ def _load_npz(spec: str) -> Dataset:
             names = dict(zip(_ARRAYS, _ARRAYS, strict=True))
             if {"x_train", "y_train"} <= set(found) and not {"x", "y"} & set(found):  # Keras' layout
                 names.update(x="x_train", y="y_train")
-            if names["x"] not in found or names["y"] not in found:
-                raise _fail(f"{spec}: needs arrays x and y (or x_train and y_train) [, x_test, y_test], found "
-                            f"{', '.join(found) or 'none'}; write it with np.savez(path, x=..., y=...)")
-            arrays = [archive[names[k]] if names[k] in found else None for k in _ARRAYS]
+            x = _npz_inputs(archive, found, names["x"], "x_", spec)
+            if x is None or names["y"] not in found:
+                raise _fail(f"{spec}: needs arrays x (or x_<name> per named input) and y (or x_train and y_train) "
+                            f"[, x_test, y_test], found {', '.join(found) or 'none'}; write it with "
+                            "np.savez(path, x=..., y=...)")
+            x_test = _npz_inputs(archive, found, "x_test", "x_test_", spec)
+            arrays = [x, archive[names["y"]], x_test, archive["y_test"] if "y_test" in found else None]
     except UserInputError:
         raise
     except ValueError as err:  # numpy refuses object arrays / pickles when allow_pickle=False
@@ -417,18 +562,64 @@ def _load_function(spec: Spec, seed: int) -> Dataset:
         if "x" not in result or "y" not in result or set(result) - set(_ARRAYS):
             raise _fail(f"{spec_text}: a returned dict needs keys x, y [, x_test, y_test]; got {sorted(result)}")
         return _from_arrays(spec_text, *(result.get(k) for k in _ARRAYS))
+    if isinstance(result, tuple) and len(result) == 2 and all(_map_style(r) for r in result):
+        return _from_streams(spec_text, *result)
+    if _map_style(result):
+        return _from_streams(spec_text, result, None)
     if isinstance(result, tuple) and len(result) in (2, 4):
         return _from_arrays(spec_text, *result)
-    if isinstance(result, torch.utils.data.Dataset) and not isinstance(result, IterableDataset):
-        items = [result[i] for i in range(len(result))]  # type: ignore[arg-type]  # map-style: materialise
-        if items and all(isinstance(item, tuple | list) and len(item) == 2 for item in items):
-            return _from_arrays(
-                spec_text, *(torch.stack([torch.as_tensor(item[i]) for item in items]) for i in (0, 1))
-            )
     raise _fail(
         f"{spec_text}: {function}() returned {type(result).__name__}; return a lossatlas Dataset, a dict "
-        "{x, y[, x_test, y_test]}, a tuple (x, y[, x_test, y_test]) or a map-style torch Dataset of (x, y)"
+        "{x, y[, x_test, y_test]}, a tuple (x, y[, x_test, y_test]) or a map-style torch Dataset of (x, y) "
+        "items (or a pair of them: train, test)"
     )
+
+
+def _map_style(value: Any) -> bool:
+    return isinstance(value, torch.utils.data.Dataset) and not isinstance(value, IterableDataset)
+
+
+def _from_streams(name: str, train: Any, test: Any | None) -> Dataset:
+    """A :class:`Dataset` whose splits are read from map-style torch Datasets batch by batch (never materialised).
+
+    The task comes from the first item's target (integer: classification, float: regression). ``num_classes`` is
+    the Dataset's ``num_classes`` attribute when it has one, else 1 + the largest label, found by one pass over
+    the items (memory bounded by one item).
+    """
+    columns: list[Any] = []
+    largest = -1
+    classification = None
+    for split, source in (("train", train), ("test", test)):
+        if source is None:
+            columns += [None, None]
+            continue
+        try:
+            size = len(source)
+        except TypeError:
+            raise _fail(f"{name}: the {split} Dataset has no len(); give it __len__ (map-style)") from None
+        if size < 1:
+            raise _fail(f"{name}: the {split} Dataset is empty")
+        stream = Stream(source, name=name)
+        x0, y0 = stream.read([0])
+        check_inputs(x0, name)
+        is_class = not y0.is_floating_point()
+        if classification is not None and is_class != classification:
+            raise _fail(f"{name}: train and test targets mix integer and float types; use one type for both")
+        classification = is_class
+        if is_class and getattr(train, "num_classes", None) is None:
+            for start in range(0, size, 256):  # labels only are kept: one pass, one batch at a time
+                y = stream.read(slice(start, start + 256))[1]
+                real = y[y != IGNORE_INDEX]
+                if real.numel() and int(real.min()) < 0:
+                    raise _fail(f"{name}: integer labels must be >= 0 (or {IGNORE_INDEX}), found {int(real.min())}")
+                largest = max(largest, int(real.max()) if real.numel() else -1)
+        columns += [StreamColumn(stream, 0), StreamColumn(stream, 1, per_token=is_class and y0.dim() >= 2)]
+    num_classes = getattr(train, "num_classes", None) if classification else None
+    if classification and num_classes is None:
+        num_classes = largest + 1
+    task = "classification" if classification else "regression"
+    return Dataset(name, columns[0], columns[1], columns[2], columns[3], task,
+                   int(num_classes) if num_classes is not None else None)
 
 
 def load_data(spec: str, *, seed: int = 0) -> Dataset:
@@ -442,6 +633,8 @@ def load_data(spec: str, *, seed: int = 0) -> Dataset:
         raise _fail(f"dataset spec must be a non-empty string, got {spec!r}; try one of {dataset_names()}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise _fail(f"seed must be a non-negative integer, got {seed!r}")
+    if spec.strip().startswith("text:"):
+        return _load_text(spec.strip())
     parsed = parse_spec(spec, "data", builtins=_BUILTINS)
     if parsed.kind == "npz":
         return _load_npz(parsed.target)

@@ -11,11 +11,13 @@ import copy
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lossatlas.batch import logits_of, model_args
 from lossatlas.errors import UserInputError
 
 ParamDict = dict[str, Tensor]
@@ -44,14 +46,18 @@ def private_copy(model: nn.Module) -> nn.Module:
 
 
 def functional_forward(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                       x: Tensor) -> Tensor:
+                       x: Any) -> Tensor:
     """Evaluate ``model`` at parameters ``theta`` with ``buffers``, via ``torch.func.functional_call``.
 
-    Entries of ``theta`` override buffers of the same name (the BN ``states`` policy perturbs them).
+    ``x`` follows the batch contract (:mod:`lossatlas.batch`): a tensor, a tuple (``model(*x)``) or a dict
+    (``model(**x)``); the output is reduced to its tensor (a tuple's first element, ``.logits``). Entries of
+    ``theta`` override buffers of the same name (the BN ``states`` policy perturbs them). Tied parameters
+    (a language model's output head sharing the input embedding) follow the one entry ``theta`` holds for them.
     """
     merged = dict(buffers)
     merged.update(theta)
-    return functional_call(model, merged, (x,), tie_weights=False, strict=False)
+    args, kwargs = model_args(x)
+    return logits_of(functional_call(model, merged, args, kwargs, tie_weights=True, strict=False))
 
 
 def add_scaled(theta: Mapping[str, Tensor], directions: Iterable[Mapping[str, Tensor]],

@@ -70,6 +70,13 @@ def canonical_spec(text: str) -> str:
     if not isinstance(text, str):
         return text
     stripped = text.strip()
+    if stripped.startswith("hf:"):  # hf:PATH[:key=value,...] (lossatlas.models.hf.parse_hf_spec)
+        path, sep, tail = stripped.removeprefix("hf:").rpartition(":")
+        path, tail = (path, tail) if sep and "=" in tail else (stripped.removeprefix("hf:"), "")
+        return f"hf:{Path(path.strip()).expanduser().resolve()}" + (f":{tail.strip()}" if tail else "")
+    if stripped.startswith("text:"):
+        path, sep, rest = stripped.removeprefix("text:").partition(",")
+        return f"text:{Path(path).expanduser().resolve()}{sep}{rest}"
     if stripped.endswith(".npz"):
         return str(Path(stripped).expanduser().resolve())
     match = _FILE.match(stripped)

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lossatlas.batch import call_model, num_rows, take, to_device
 from lossatlas.engine import EvalSpec, Evaluator, resolve_loss
+from lossatlas.engine.losses import minibatch_loss
 from lossatlas.errors import UserInputError
 from lossatlas.params import buffers_of, parameters_of, private_copy, save_checkpoint
 from lossatlas.training_logs import (
@@ -229,9 +231,9 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
 
     net = private_copy(model).to(device)
-    loss_fn = resolve_loss(spec.loss)
+    loss_fn = minibatch_loss(spec.loss)
     generator = torch.Generator().manual_seed(spec.seed)
-    x, y = (t.to(device) for t in data.split("train"))
+    x, y = (to_device(t, device) for t in data.split("train"))
     evaluator = Evaluator(net, data, EvalSpec(loss=spec.loss, batch_size=max(spec.batch_size, 500)), device=device)
     start_epoch, phase = 0, 1
     optimizer = _optimizer(net, spec, phase)
@@ -247,7 +249,7 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
         raise UserInputError(f"'{out}' already holds {start_epoch} epochs; pass --epochs {start_epoch} or more to "
                              "extend it, or --overwrite to start over")
     (out / "run.json").write_text(json.dumps(config, indent=2))
-    steps_per_epoch = -(-int(x.shape[0]) // spec.batch_size)
+    steps_per_epoch = -(-num_rows(x) // spec.batch_size)
     metrics_file, sharpness_file = out / "metrics.csv", out / SHARPNESS
     fields_ = ["epoch", *evaluator.metric_names, *norm_columns(net)]
     if start_epoch == 0:
@@ -273,14 +275,14 @@ def train(model: nn.Module, data: Any, spec: TrainSpec, out: str | Path,
             phase = spec.phase(epoch)
             optimizer = _optimizer(net, spec, phase)
         net.train()
-        order = torch.randperm(x.shape[0], generator=generator).to(device)
-        for b, i in enumerate(range(0, x.shape[0], spec.batch_size)):
+        order = torch.randperm(num_rows(x), generator=generator).to(device)
+        for b, i in enumerate(range(0, num_rows(x), spec.batch_size)):
             idx = order[i:i + spec.batch_size]
             if spec.scheduled:
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr_in(phase) * spec.lr_factor(epoch, b, steps_per_epoch)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x[idx]), y[idx]).mean()
+            loss = loss_fn(call_model(net, take(x, idx)), take(y, idx))
             loss.backward()
             optimizer.step()
             step = (epoch - 1) * steps_per_epoch + b + 1

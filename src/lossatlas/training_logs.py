@@ -129,11 +129,12 @@ def sharpness_row(model: nn.Module, data: Any, *, loss: str, batch_size: int, sa
     by certified thick-restart Lanczos (:mod:`lossatlas.curvature.krylov`), beside 2/``lr`` of the ``optimizer``
     in use. Plain arguments rather than the ``TrainSpec``, so that this module does not import the training loop
     that imports it."""
+    from lossatlas.batch import num_rows
     from lossatlas.curvature.hvp import HessianOperator
     from lossatlas.engine import EvalSpec, Evaluator
     from lossatlas.errors import NonFiniteError
 
-    n_train = int(data.split("train")[0].shape[0])
+    n_train = num_rows(data.split("train")[0])
     subset = samples if samples < n_train else None
     evaluator = Evaluator(model, data, EvalSpec(loss=loss, batch_size=batch_size, splits=("train",), subset=subset,
                                                 subset_seed=seed), device=device)

@@ -177,17 +177,21 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
 
 # -- shared option types --------------------------------------------------------------------------
 ModelOpt = Annotated[str, typer.Option("--model", metavar="SPEC", help="zoo:NAME, file.py:function or "
-                                                                       "package.module:function [:key=value,...].")]
+                                                                       "package.module:function [:key=value,...]; "
+                                                                       "hf:DIR or hf:config.json (Hugging Face, "
+                                                                       "local files only).")]
 DataOpt = Annotated[str, typer.Option("--data", metavar="SPEC", help="mnist1d, digits, teacher, xor, jellyfish, "
-                                                                     "spirals, file.npz or file.py:function "
-                                                                     "[:key=value,...].")]
+                                                                     "spirals, modadd (tokens), file.npz or "
+                                                                     "file.py:function [:key=value,...]; "
+                                                                     "text:FILE.txt[,block=128,tokenizer=DIR].")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE",
                                                     help="Weights (.safetensors or .pt); default: the untrained "
                                                          "initialisation (with a warning).")]
 SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of every random choice (stored).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", help="Samples per forward pass.")]
 LossOpt = Annotated[str, typer.Option("--loss", metavar="SPEC", help="cross_entropy, mse, or module:function "
-                                                                     "returning one loss per sample.")]
+                                                                     "returning one loss per sample or per "
+                                                                     "token.")]
 BNOpt = Annotated[BNPolicy, typer.Option("--bn", help="BatchNorm statistics: stored (eval), re-estimated on the "
                                                       "training split (recompute), or perturbed (states).")]
 OutStoreOpt = Annotated[Path, typer.Option("--out", metavar="PATH", help="Result store (a .zarr directory).")]

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
+from lossatlas.batch import num_rows, take, to_device
 from lossatlas.curvature.attention import math_attention
 from lossatlas.engine import EvalSpec, Evaluator, LossFn, batch_slices, sum_over_batches
 from lossatlas.engine.passes import CPU_PASS_FLOATS
@@ -86,7 +87,7 @@ def _batch_loss_sum(theta: Mapping[str, Tensor], model: nn.Module, buffers: Mapp
 
 
 def batch_hvp(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor], loss_fn: LossFn,
-              x: Tensor, y: Tensor) -> Callable[[ParamDict], ParamDict]:
+              x: Any, y: Tensor) -> Callable[[ParamDict], ParamDict]:
     """``v -> Σₙ ∇²_θ ℓ(f_θ(xₙ), yₙ) · v`` over one batch (a dict over ``theta``'s keys in and out).
 
     The forward pass and the gradient's backward run once, here, recording the gradient's graph; every call is
@@ -107,7 +108,7 @@ def batch_hvp(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[st
 
 
 def hvp_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor], loss_fn: LossFn,
-            x: Tensor, y: Tensor, v: Vector) -> ParamDict:
+            x: Any, y: Tensor, v: Vector) -> ParamDict:
     """Σₙ ∇²_θ ℓ(f_θ(xₙ), yₙ) · v over the samples of one batch (a *sum*, not a mean).
 
     Args:
@@ -119,14 +120,15 @@ def hvp_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str,
         v: direction, a dict over ``theta``'s keys or a flat vector in ``theta``'s key order.
 
     Returns:
-        ``{name: tensor}`` shaped like ``theta``; divide the sum over all shards by N for H v.
+        ``{name: tensor}`` shaped like ``theta``; divide the sum over all shards by the split's loss terms
+        (N samples, or its unmasked tokens) for H v.
     """
     return batch_hvp(model, theta, buffers, loss_fn, x, y)(_as_dict(v, theta))
 
 
 def gradient_sum(model: nn.Module, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                 loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[ParamDict, Tensor]:
-    """``(Σₙ ∇_θ ℓₙ, Σₙ ℓₙ)`` over one batch: the gradient and loss *sums* (divide by N)."""
+                 loss_fn: LossFn, x: Any, y: Tensor) -> tuple[ParamDict, Tensor]:
+    """``(Σₙ ∇_θ ℓₙ, Σₙ ℓₙ)`` over one batch: the gradient and loss *sums* (divide by the loss terms)."""
     g, value = grad_and_value(_batch_loss_sum)(dict(theta), model, buffers, loss_fn, x, y)
     return g, value
 
@@ -305,8 +307,9 @@ class HessianOperator(_Operator):
         self.buffers = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in frozen.items()}
         self.theta = {k: point[k].detach().to(dtype) for k in names}
         x, y = evaluator.splits[split]
-        self.x = x.to(dtype) if x.is_floating_point() else x
-        self.y = y.to(dtype) if y.is_floating_point() else y
+        self.x = to_device(x, float_dtype=dtype)
+        self.y = to_device(y, float_dtype=dtype)
+        self.terms = evaluator.count(split)
         self.hvp_count = 0
         self.cache = self._graph_bytes() <= evaluator.spec.memory_bytes if cache is None else bool(cache)
         self._graphs: list[Callable[[ParamDict], ParamDict]] | None = None
@@ -319,13 +322,13 @@ class HessianOperator(_Operator):
 
     @property
     def num_samples(self) -> int:
-        """N, the samples the loss averages over."""
-        return int(self.x.shape[0])
+        """N, the samples (rows) of the split."""
+        return num_rows(self.x)
 
-    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self) -> Iterator[tuple[Any, Tensor]]:
         """The split in batches of ``batch_size`` (the last one may be smaller)."""
         for s in batch_slices(self.num_samples, self.batch_size):
-            yield self.x[s], self.y[s]
+            yield take(self.x, s), take(self.y, s)
 
     def _graph_bytes(self) -> int:
         """Rough size of all batches' stored ∇L graphs: activations ×8 plus parameter-sized buffers."""
@@ -348,10 +351,10 @@ class HessianOperator(_Operator):
             for graph in graphs:
                 for k, t in graph(v).items():
                     total[k] += t.double()
-            return total, float(self.num_samples)
+            return total, self.terms
         total = sum_over_batches(lambda xb, yb: hvp_sum(self.model, self.theta, self.buffers, self.loss_fn, xb, yb,
                                                         v), self.x, self.y, self.batch_size)
-        return total, float(self.num_samples)
+        return total, self.terms
 
     def columns_per_pass(self) -> int:
         """Basis vectors that share one vmapped backward pass in :meth:`dense` (1: one after another).
@@ -393,7 +396,7 @@ class HessianOperator(_Operator):
                 def through(b: Tensor, graph: Callable[[ParamDict], ParamDict] = graph) -> Tensor:
                     return flatten(graph(self.to_dict(b)))
                 total += apply(through).double()
-            return total / self.num_samples
+            return total / self.terms
 
         def columns(xb: Tensor, yb: Tensor) -> Tensor:
             graph = batch_hvp(self.model, self.theta, self.buffers, self.loss_fn, xb, yb)
@@ -401,13 +404,13 @@ class HessianOperator(_Operator):
             def product(b: Tensor) -> Tensor:
                 return flatten(graph(self.to_dict(b)))
             return apply(product)
-        return sum_over_batches(columns, self.x, self.y, self.batch_size) / self.num_samples
+        return sum_over_batches(columns, self.x, self.y, self.batch_size) / self.terms
 
     def value_and_gradient(self) -> tuple[float, ParamDict]:
         """``(L(θ), ∇L(θ))`` averaged exactly over the split (float64 accumulation)."""
         g, value = sum_over_batches(lambda xb, yb: gradient_sum(self.model, self.theta, self.buffers, self.loss_fn,
                                                                 xb, yb), self.x, self.y, self.batch_size)
-        n = self.num_samples
+        n = self.terms
         return float(value) / n, {k: t / n for k, t in g.items()}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lossatlas.batch import select, to_device
 from lossatlas.curvature.hvp import HessianOperator, _Operator, gradient_sum, hvp_sum
 from lossatlas.engine import Evaluator, LossFn, sum_over_batches
 from lossatlas.errors import UserInputError
@@ -34,20 +35,20 @@ class HessianShard:
     theta: ParamDict
     buffers: ParamDict
     loss_fn: LossFn
-    x: Tensor
-    y: Tensor
+    x: Any
+    y: Any
     batch_size: int
 
     @property
     def device(self) -> torch.device:
-        return self.x.device
+        return next(iter(self.theta.values())).device
 
     def to(self, device: str | torch.device) -> HessianShard:
         """Move in place (a worker's own GPU)."""
         self.model = self.model.to(device)
         self.theta = {k: v.to(device) for k, v in self.theta.items()}
         self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
-        self.x, self.y = self.x.to(device), self.y.to(device)
+        self.x, self.y = to_device(self.x, device), to_device(self.y, device)
         return self
 
     def hv_sum(self, v: Mapping[str, Tensor]) -> ParamDict:
@@ -99,8 +100,8 @@ class ShardedHessianOperator(HessianOperator):
         self.torch_threads = executor.torch_threads
         self.resubmits = resubmits
         bounds = shard_bounds(self.num_samples, shards or max(1, executor.n_workers), self.batch_size)
-        self.shards = [HessianShard(self.model, self.theta, self.buffers, self.loss_fn, self.x[a:b],
-                                    self.y[a:b], self.batch_size) for a, b in bounds]
+        self.shards = [HessianShard(self.model, self.theta, self.buffers, self.loss_fn, select(self.x, slice(a, b)),
+                                    select(self.y, slice(a, b)), self.batch_size) for a, b in bounds]
         self._scattered = self.client.scatter([ByValue(s) for s in self.shards], hash=False)
 
     def _map(self, method: str, *args: Any) -> list[Any]:
@@ -129,7 +130,7 @@ class ShardedHessianOperator(HessianOperator):
         for part in parts:
             for k in total:
                 total[k] += part[k].to(total[k].device)
-        return total, float(self.num_samples)
+        return total, self.terms
 
     def _dense_columns(self, basis: Tensor, batched: bool | None = None) -> Tensor:
         return _Operator._dense_columns(self, basis)
@@ -144,7 +145,7 @@ class ShardedHessianOperator(HessianOperator):
         for g, _ in parts:
             for k in total:
                 total[k] += g[k].to(total[k].device)
-        n = self.num_samples
+        n = self.terms
         return sum(value for _, value in parts) / n, {k: t / n for k, t in total.items()}
 
     def close(self) -> None:

@@ -5,7 +5,9 @@ with ``attn_implementation="sdpa"``) dispatches on the CPU to a fused kernel
 (``_scaled_dot_product_flash_attention_for_cpu``, float32 and float64 alike) that has neither a double backward
 nor a forward-mode derivative, so ``jvp(grad(L))`` and grad-of-grad both fail through it. The math kernel is
 the same function written with differentiable operations (matmul, softmax), so inside :func:`math_attention`
-products go through attention; outside it, evaluation keeps the fast kernel.
+products go through attention; outside it, evaluation keeps the fast kernel. The engine's vmapped passes over
+several points run inside it too: under ``vmap`` the fused kernel has no batching rule and PyTorch falls back to a
+loop over the points, while the math kernel's matmuls batch.
 
 PyTorch's backend switch (``torch.nn.attention.sdpa_kernel``) sets process-wide flags, so the context here is
 counted: the first thread to enter selects the math kernel, the last to leave restores what was there before; a

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
+from lossatlas.batch import num_rows, take
+
 T = TypeVar("T")
 
 
@@ -26,21 +28,22 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def sum_over_batches(fn: Callable[[Tensor, Tensor], T], x: Tensor, y: Tensor, batch_size: int) -> T:
+def sum_over_batches(fn: Callable[[Any, Tensor], T], x: Any, y: Any, batch_size: int) -> T:
     """Σ over batches of ``fn(x_batch, y_batch)``, every tensor leaf accumulated in float64.
 
     Args:
         fn: ``(x (B, ...), y (B, ...)) -> pytree of tensors`` (a dict, tuple, tensor, ...): the *sums* over
             the batch's samples (per point, per parameter, per channel: any shape).
-        x, y: the split, ``N`` samples.
+        x, y: the split, ``N`` samples: inputs and targets of the batch contract (:mod:`lossatlas.batch`:
+            tensors, tuples or dicts of tensors, or stream columns read batch by batch).
         batch_size: samples per call.
 
     Returns:
         the same pytree structure with float64 tensors (detached) summed over all batches.
     """
     total: Any = None
-    for s in batch_slices(int(x.shape[0]), batch_size):
-        part = fn(x[s], y[s])
+    for s in batch_slices(num_rows(x), batch_size):
+        part = fn(take(x, s), take(y, s))
         if total is None:
             total = tree_map(lambda t: t.detach().to(torch.float64).clone(), part)
         else:

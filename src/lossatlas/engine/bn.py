@@ -22,6 +22,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
+from lossatlas.batch import num_rows, take
 from lossatlas.engine.batches import sum_over_batches
 from lossatlas.params import ParamDict, functional_forward
 
@@ -60,7 +61,7 @@ def _execution_order(model: nn.Module, point: Mapping[str, Tensor], buffers: Map
                                            else None) for name, m in layers.items()]
     try:
         with torch.no_grad():
-            functional_forward(model, point, buffers, x[:1])
+            functional_forward(model, point, buffers, take(x, slice(0, 1)))
     finally:
         for h in handles:
             h.remove()
@@ -111,7 +112,7 @@ def recompute_statistics(model: nn.Module, point: Mapping[str, Tensor], buffers:
     if not layers:
         return out
     point = {k: v for k, v in point.items() if k not in buffers}
-    y = x.new_zeros(x.shape[0])
+    y = torch.zeros(num_rows(x))
     counts: dict[str, float] = {}
     for name in _execution_order(model, point, out, x):
         prefix = f"{name}." if name else ""

@@ -30,10 +30,23 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from lossatlas.batch import (
+    IGNORE_INDEX,
+    check_labels,
+    float_dtype_of,
+    is_stream,
+    num_rows,
+    per_token,
+    probe_model,
+    select,
+    take,
+    to_device,
+)
+from lossatlas.engine.attention import math_attention
 from lossatlas.engine.batches import batch_slices, sum_over_batches
 from lossatlas.engine.bn import BNPolicy, has_batchnorm, recompute_statistics
 from lossatlas.engine.inference import PointModel, fused_matches
-from lossatlas.engine.losses import BUILTIN_LOSSES, check_per_sample, cross_entropy_and_correct, resolve_loss
+from lossatlas.engine.losses import BUILTIN_LOSSES, SplitLoss, cross_entropy_and_correct, resolve_loss, split_loss
 from lossatlas.engine.passes import (
     CPU_PASS_FLOATS,
     POINT_LOGITS_FLOATS,
@@ -41,7 +54,7 @@ from lossatlas.engine.passes import (
     channels_last_works,
     layout,
 )
-from lossatlas.engine.subset import STDERR_SUFFIX, check_subset, mean_stderr, subset_indices
+from lossatlas.engine.subset import STDERR_SUFFIX, check_subset, ratio_stderr, subset_indices
 from lossatlas.errors import UserInputError
 from lossatlas.params import ParamDict, buffers_of, float_buffer_names, functional_forward, private_copy, stack_points
 
@@ -112,9 +125,10 @@ class Evaluator:
         self._master = private_copy(model).to(self.device)  # never run: copied per thread
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.loss_fn = resolve_loss(self.spec.loss)
+        raw_loss = resolve_loss(self.spec.loss)
         self.classification = data.task == "classification"
-        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._float_dtype = float_dtype_of(self._master)
+        self.splits: dict[str, tuple[Any, Any]] = {}
         self.population: dict[str, int] = {}  # split sizes before any subset
         for split in self.spec.splits:
             if split == "test" and data.x_test is None:
@@ -125,40 +139,70 @@ class Evaluator:
         self.buffers = {k: v.to(self.device) for k, v in buffers_of(self._master).items()}
         self.has_bn = has_batchnorm(self._master)
         # BN statistics are re-estimated on the training split (the evaluated subset of it, if any)
-        self.bn_inputs: Tensor | None = None
+        self.bn_inputs: Any = None
         if self.spec.bn is BNPolicy.recompute and self.has_bn:
             self.bn_inputs = (self.splits["train"] if "train" in self.splits else self._draw(data, "train"))[0]
         x0, y0 = next(iter(self.splits.values()))
-        with torch.no_grad():
-            probe = self.model(x0[:2])
-        check_per_sample(self.loss_fn, probe, y0[:2], self.spec.loss)
+        x2, y2 = take(x0, slice(0, 2)), take(y0, slice(0, 2))
+        probe = probe_model(self.model, x2, data.name)
+        self._streamed = any(is_stream(x) for x, _ in self.splits.values())
+        if self.classification and not self._streamed:  # streamed labels are checked batch by batch
+            for split, (_, y) in self.splits.items():
+                check_labels(y, int(probe.shape[-1]), f"{data.name} ({split})")
+        self.loss_fn: SplitLoss = split_loss(raw_loss, probe, y2, self.spec.loss)
+        self._counts: dict[str, float] = {}
         self._per_sample = activation_numel_per_sample(self.model, x0)
         self._out_per_sample = int(probe[0].numel())
         self._channels_last = self.device.type == "cpu" and channels_last_works(self.model, x0, self.buffers)
         # cross-entropy and accuracy from transposed logits: the built-in loss, integer labels in range
-        self._fast_cross_entropy = (self.loss_fn is BUILTIN_LOSSES["cross_entropy"] and self.classification
-                                    and probe.dim() == 2 and all(
-                                        y.dim() == 1 and not y.is_floating_point() and y.numel() > 0
-                                        and 0 <= int(y.min()) and int(y.max()) < probe.shape[1]
-                                        for _, y in self.splits.values()))
+        self._fast_cross_entropy = (raw_loss is BUILTIN_LOSSES["cross_entropy"] and self.classification
+                                    and probe.dim() == y2.dim() + 1
+                                    and not y2.is_floating_point())
+        self._vmap = self._vmap_works(x2)
         self._fuse = self.device.type == "cpu"
         if self._fuse:  # check the fused copy once against the plain model; keep it as this thread's copy
             fused = self.point_model
             cl = self._channels_last
             self._fuse = fused.fused > 0 and fused_matches(
                 self.model, fused, {k: layout(v, cl) for k, v in self.theta().items()}, self.buffers,
-                layout(x0[:4], cl))
+                layout(take(x0, slice(0, 4)), cl))
             if not self._fuse:
                 self._local.__dict__.pop("point_model", None)
 
-    def _draw(self, data: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    def _draw(self, data: Dataset, split: str) -> tuple[Any, Any]:
         x, y = data.split(split)
-        self.population[split] = int(x.shape[0])
-        if self.spec.subset is not None:  # the same samples at every point
-            keep = torch.from_numpy(subset_indices(y, self.spec.subset, self.spec.subset_seed, split,
-                                                   self.classification))
-            x, y = x[keep], y[keep]
-        return x.to(self.device), y.to(self.device)
+        self.population[split] = num_rows(x)
+        if self.spec.subset is not None:  # the same samples (sequences) at every point
+            stratify = self.classification and not is_stream(y) and not per_token(y)
+            labels = y if not is_stream(y) else torch.zeros(num_rows(y))
+            keep = subset_indices(labels, self.spec.subset, self.spec.subset_seed, split, stratify)
+            x, y = select(x, keep), select(y, keep)
+        return to_device(x, self.device, self._float_dtype), to_device(y, self.device)
+
+    def _vmap_works(self, x2: Any) -> bool:
+        """Whether two stacked points run through one vmapped pass (a model with data-dependent control flow,
+        e.g. a Hugging Face attention mask, may refuse vmap: its points then run one after another)."""
+        if self._one_point_per_pass():
+            return True
+        theta = {k: torch.stack([v, v]) for k, v in self.theta().items()}
+        buffers = {k: v for k, v in self.buffers.items() if k not in theta}
+        try:
+            with torch.no_grad():
+                self._vmapped_forward(self.model, theta, buffers)(x2)
+        except Exception:  # noqa: BLE001 - any failure under vmap means "one point per pass"
+            return False
+        return True
+
+    def count(self, split: str) -> float:
+        """Loss terms of a split (its samples, or its unmasked tokens): what every mean divides by."""
+        if split not in self._counts:
+            x, y = self.splits[split]
+            if is_stream(y):
+                total = sum_over_batches(lambda _xb, yb: self.loss_fn.counts(yb).sum(), x, y, self.spec.batch_size)
+            else:
+                total = self.loss_fn.counts(y).sum()
+            self._counts[split] = float(total)
+        return self._counts[split]
 
     # -- thread-private model ------------------------------------------------------------------
     @property
@@ -218,16 +262,16 @@ class Evaluator:
         """Move the model, the data and the buffers to ``device`` in place (e.g. a worker's GPU)."""
         self.device = torch.device(device)
         self._master = self._master.to(self.device)
-        self.splits = {s: (x.to(self.device), y.to(self.device)) for s, (x, y) in self.splits.items()}
+        self.splits = {s: (to_device(x, self.device), to_device(y, self.device)) for s, (x, y) in self.splits.items()}
         self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
         if self.bn_inputs is not None:
-            self.bn_inputs = self.bn_inputs.to(self.device)
+            self.bn_inputs = to_device(self.bn_inputs, self.device)
         return self
 
     # -- how points share a pass ---------------------------------------------------------------
     def points_per_pass(self, batch_size: int | None = None) -> int:
         """How many points fit in one vmapped forward pass under the memory budget."""
-        b = min(batch_size or self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
+        b = min(batch_size or self.spec.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
         n_params = sum(p.numel() for p in self._master.parameters())
         per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
         points = self.spec.memory_bytes // max(per_point, 1)
@@ -238,49 +282,77 @@ class Evaluator:
     def _one_point_per_pass(self, points: int = 0) -> bool:
         """Evaluate point after point without vmap: for a single point, and on CPU for conv nets and for points
         whose batch alone fills a cache-sized pass (vmapped passes only ran slower there)."""
-        b = min(self.spec.batch_size, max(x.shape[0] for x, _ in self.splits.values()))
-        return points == 1 or self.device.type == "cpu" and (
+        b = min(self.spec.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
+        return points == 1 or not getattr(self, "_vmap", True) or self.device.type == "cpu" and (
             self._channels_last or self._per_sample * b * 2 > CPU_PASS_FLOATS)
 
     def _vmapped_forward(self, model: nn.Module, stacked: Mapping[str, Tensor], buffers: Mapping[str, Tensor]
-                         ) -> Callable[[Tensor], Tensor]:
+                         ) -> Callable[[Any], Tensor]:
         """``x (B, ...) -> (P, B, C)`` at the P stacked points in one vmapped pass."""
 
-        def forward(point: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        def forward(point: Mapping[str, Tensor], x: Any) -> Tensor:
             return functional_forward(model, point, buffers, x)
 
         batched = vmap(forward, in_dims=(0, None))
-        return lambda x: batched(dict(stacked), x)  # type: ignore[no-any-return]
+
+        def run(x: Any) -> Tensor:
+            with math_attention():  # the fused CPU attention kernel has no vmap rule (a loop over points)
+                return batched(dict(stacked), x)  # type: ignore[no-any-return]
+        return run
 
     # -- evaluation ----------------------------------------------------------------------------
     def _batch_sums(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Per-point sums over a batch of the loss, its square and correct predictions; ``out`` is (P, B, C)."""
+        """Per-point float64 sums over a batch, ``out`` (P, B, ...): the loss, its terms (samples or unmasked
+        tokens), correct predictions and the labels they are out of; under a subset also the cross sums a ratio's
+        standard error needs (per row: loss lᵢ, terms wᵢ, correct cᵢ, labels aᵢ)."""
         p, b = out.shape[:2]
+        if self._streamed and self.classification:
+            check_labels(y, int(out.shape[-1]), "the streamed data")
+        terms = self.loss_fn.counts(y)
+        scored = self.classification and y.dim() == out.dim() - 2 and not y.is_floating_point()
+        labelled = (y != IGNORE_INDEX) if scored else None
         if self._fast_cross_entropy:
-            per_sample, correct = cross_entropy_and_correct(out, y)
+            per_item, hit = cross_entropy_and_correct(out, y.clamp_min(0) if labelled is not None else y)
+            if labelled is not None:
+                per_item = per_item.masked_fill(~labelled, 0.0)
+            per_sample = per_item.reshape(p, b, -1).sum(dim=2)
         else:
             flat_out = out.reshape(p * b, *out.shape[2:])
             flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
             per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
-            if self.classification:
-                correct = (flat_out.argmax(dim=-1) == flat_y).reshape(p, b)
-        sums = {"loss": per_sample.sum(dim=1), "square": per_sample.square().sum(dim=1)}
+            if scored:
+                hit = (flat_out.argmax(dim=-1) == flat_y).reshape(p, *y.shape)
+        sums = {"loss": per_sample.sum(dim=1), "count": terms.sum().expand(p).clone()}
+        if self.spec.subset is not None:
+            sums.update(square=per_sample.square().sum(dim=1), loss_count=(per_sample * terms).sum(dim=1),
+                        count_sq=terms.square().sum().expand(p).clone())
         if self.classification:
-            sums["correct"] = correct.sum(dim=1, dtype=torch.float64)
+            if labelled is None:  # no integer label per output: nothing to score (e.g. a custom loss's targets)
+                correct = torch.zeros(p, b, dtype=torch.float64, device=out.device)
+                labels = torch.ones(b, dtype=torch.float64, device=out.device)
+            else:
+                correct = (hit & labelled).reshape(p, b, -1).sum(dim=2, dtype=torch.float64)
+                labels = labelled.reshape(b, -1).sum(dim=1, dtype=torch.float64)
+            sums.update(correct=correct.sum(dim=1), labels=labels.sum().expand(p).clone())
+            if self.spec.subset is not None:
+                sums.update(correct_sq=correct.square().sum(dim=1), correct_labels=(correct * labels).sum(dim=1),
+                            labels_sq=labels.square().sum().expand(p).clone())
         return sums
 
     def _metrics(self, split: str, sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Means (and subset standard errors) of a split from its float64 sums."""
-        n = self.splits[split][0].shape[0]
-        out = {f"{split}_loss": (sums["loss"] / n).cpu()}
+        """Means (and subset standard errors) of a split from its float64 sums: Σ loss / Σ terms (samples or
+        unmasked tokens), Σ correct / Σ labels."""
+        out = {f"{split}_loss": (sums["loss"] / sums["count"]).cpu()}
         if self.classification:
-            out[f"{split}_accuracy"] = (sums["correct"] / n).cpu()
+            out[f"{split}_accuracy"] = (sums["correct"] / sums["labels"]).cpu()
         if self.spec.subset is not None:
-            population = self.population[split]
-            out[f"{split}_loss{STDERR_SUFFIX}"] = mean_stderr(sums["loss"], sums["square"], n, population).cpu()
-            if self.classification:  # correctness is 0/1, so its square sum is its sum
-                acc = mean_stderr(sums["correct"], sums["correct"], n, population)
-                out[f"{split}_accuracy{STDERR_SUFFIX}"] = acc.cpu()
+            n, population = num_rows(self.splits[split][0]), self.population[split]
+            out[f"{split}_loss{STDERR_SUFFIX}"] = ratio_stderr(
+                sums["loss"], sums["square"], sums["loss_count"], sums["count"], sums["count_sq"], n, population).cpu()
+            if self.classification:
+                out[f"{split}_accuracy{STDERR_SUFFIX}"] = ratio_stderr(
+                    sums["correct"], sums["correct_sq"], sums["correct_labels"], sums["labels"], sums["labels_sq"],
+                    n, population).cpu()
         return out
 
     def statistics_at(self, point: Mapping[str, Tensor]) -> ParamDict:
@@ -320,16 +392,20 @@ class Evaluator:
         model = self.point_model
         cl = self._channels_last and self.device.type == "cpu"
         bs = self.spec.batch_size
-        batches = {split: [layout(x[s], cl) for s in batch_slices(int(x.shape[0]), bs)]
-                   if int(x.shape[0]) * self._out_per_sample <= POINT_LOGITS_FLOATS else None
-                   for split, (x, _) in self.splits.items()}
+        batches = {split: (None if num_rows(x) * self._out_per_sample > POINT_LOGITS_FLOATS else
+                           _Reread(x, y, bs) if is_stream(x) else  # a stream is read again at every point
+                           [layout(take(x, s), cl) for s in batch_slices(num_rows(x), bs)])
+                   for split, (x, y) in self.splits.items()}
         sums: dict[str, list[dict[str, Tensor]]] = {split: [] for split in self.splits}
         model.load(buffers)
         for i in range(p):
             model.load({k: layout(v, cl) for k, v in point(i).items()})
             for split, (x, y) in self.splits.items():
                 chunks = batches[split]
-                if chunks is not None:
+                if isinstance(chunks, _Reread):  # logits and labels of a streamed split, read batch by batch
+                    outs, labels = zip(*((model(xb), yb) for xb, yb in chunks), strict=True)
+                    sums[split].append(self._batch_sums(torch.cat(outs)[None], torch.cat(labels)))
+                elif chunks is not None:
                     sums[split].append(self._batch_sums(torch.cat([model(xb) for xb in chunks])[None], y))
                 else:
                     sums[split].append(sum_over_batches(
@@ -385,6 +461,16 @@ class Evaluator:
                 x, y, self.spec.batch_size)
             out.update({k: float(v[0]) for k, v in self._metrics(split, sums).items()})
         return out
+
+
+class _Reread:
+    """The ``(inputs, targets)`` batches of a streamed split, read anew on every iteration (never held)."""
+
+    def __init__(self, x: Any, y: Any, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __iter__(self) -> Any:
+        return ((take(self.x, s), take(self.y, s)) for s in batch_slices(num_rows(self.x), self.batch_size))
 
 
 def _point_at(theta: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coords: list[list[float]],

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lossatlas.batch import call_model
+
 
 def _onednn_linear() -> Any:
     """oneDNN's fused inner product (``mkldnn::_linear_pointwise``, its default overload), or None without it."""
@@ -142,8 +144,8 @@ class PointModel:
             if slot is not None:
                 slot[0][slot[1]] = value
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.module(x)  # type: ignore[no-any-return]
+    def __call__(self, x: Any) -> Tensor:
+        return call_model(self.module, x)
 
 
 def fused_matches(plain: nn.Module, fused: PointModel, theta: Mapping[str, Tensor], buffers: Mapping[str, Tensor],

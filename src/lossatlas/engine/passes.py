@@ -7,10 +7,12 @@ per-point loop).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lossatlas.batch import call_model, take
 from lossatlas.params import functional_forward, parameters_of
 
 CPU_PASS_FLOATS = 1 << 21
@@ -22,7 +24,7 @@ POINT_LOGITS_FLOATS = CPU_PASS_FLOATS
 they hold at most this many floats: the metric kernels then run once over all samples, not once per batch."""
 
 
-def activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:
+def activation_numel_per_sample(model: nn.Module, x: Any) -> int:
     """Sum of output sizes of every leaf module for one sample (a memory estimate for vmap)."""
     total = 0
 
@@ -34,21 +36,24 @@ def activation_numel_per_sample(model: nn.Module, x: Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(x[:1])
+            call_model(model, take(x, slice(0, 1)))
     finally:
         for h in handles:
             h.remove()
     return max(total, 1)
 
 
-def layout(t: Tensor, channels_last: bool) -> Tensor:
-    """``t`` in channels-last memory layout when asked and 4-D (same values, other strides)."""
-    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+def layout(t: Any, channels_last: bool) -> Any:
+    """``t`` in channels-last memory layout when asked and a 4-D tensor (same values, other strides)."""
+    if channels_last and isinstance(t, Tensor) and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
-def channels_last_works(model: nn.Module, x: Tensor, buffers: Mapping[str, Tensor]) -> bool:
-    """Whether a Conv2d net gives the same output in channels-last layout (a ``.view`` may refuse it)."""
-    if x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+def channels_last_works(model: nn.Module, x: Any, buffers: Mapping[str, Tensor]) -> bool:
+    """Whether a Conv2d net on one 4-D input tensor gives the same output in channels-last layout (a ``.view``
+    may refuse it)."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     theta = parameters_of(model)
     with torch.no_grad():

@@ -123,6 +123,26 @@ def mean_stderr(total: Tensor | float, total_sq: Tensor | float, n: int, populat
     return torch.sqrt((1.0 - n / population) * var / n)
 
 
+def ratio_stderr(total: Tensor, total_sq: Tensor, cross: Tensor, weight: Tensor, weight_sq: Tensor, n: int,
+                 population: int) -> Tensor:
+    """Standard error of a ratio mean R = Σlᵢ / Σwᵢ over n rows drawn without replacement from ``population``.
+
+    Rows are samples with wᵢ = 1 (then this is :func:`mean_stderr`) or sequences with wᵢ unmasked tokens and lᵢ
+    the sum of their losses: the token mean of a sample of sequences is a ratio estimator (Cochran 1977, eq. 6.13):
+    ``SE(R)² = (1 − n/N) / (n w̄²) · Σ (lᵢ − R wᵢ)² / (n − 1)``, w̄ = Σwᵢ / n.
+
+    Args:
+        total, total_sq, cross: per-point Σlᵢ, Σlᵢ², Σlᵢwᵢ, shape (P,) float64.
+        weight, weight_sq: Σwᵢ and Σwᵢ² (P,) (the same at every point).
+    """
+    if n < 2 or n >= population:
+        return torch.zeros_like(total)
+    ratio = total / weight
+    spread = (total_sq - 2 * ratio * cross + ratio * ratio * weight_sq).clamp_min(0.0) / (n - 1)
+    mean_weight = weight / n
+    return torch.sqrt((1.0 - n / population) * spread / (n * mean_weight * mean_weight))
+
+
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile: the half-width of a 95% interval is ``Z95 · SE``."""
 
@@ -146,4 +166,4 @@ def confidence_interval(ds: xr.Dataset, metric: str, level: float = 0.95) -> tup
 
 
 __all__ = ["STDERR_SUFFIX", "Subset", "check_subset", "confidence_interval", "mean_stderr", "parse_subset",
-           "proportional_allocation", "subset_indices", "subset_size"]
+           "proportional_allocation", "ratio_stderr", "subset_indices", "subset_size"]

@@ -4,7 +4,9 @@ Spec forms (see :func:`build_model`):
 
 * ``zoo:NAME[:key=value,...]``, e.g. ``zoo:mlp:widths=256-256,activation=tanh``;
 * ``path/to/file.py:function``, the file imported with ``importlib.util.spec_from_file_location``;
-* ``package.module:function``, imported with ``importlib.import_module``.
+* ``package.module:function``, imported with ``importlib.import_module``;
+* ``hf:DIR`` / ``hf:path/config.json`` a Hugging Face model from local files (:mod:`lossatlas.models.hf`, the
+  ``[hf]`` extra).
 
 A user function is called with ``input_shape=...`` and/or ``output_dim=...`` when its signature accepts
 them (by name or through ``**kwargs``), otherwise with no arguments, and must return an ``nn.Module``.
@@ -77,6 +79,11 @@ def build_model(spec: str, *, input_shape: tuple[int, ...], output_dim: int, see
         UserInputError: malformed spec, unknown zoo model or key, bad value, missing file, module or
             function, or a function that does not return an ``nn.Module``.
     """
+    if isinstance(spec, str) and spec.strip().startswith("hf:"):  # transformers is imported only here
+        from lossatlas.models.hf import build_hf_model
+
+        return build_hf_model(spec, input_shape=_check_shape(input_shape, output_dim), output_dim=int(output_dim),
+                              seed=seed)
     shape = _check_shape(input_shape, output_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

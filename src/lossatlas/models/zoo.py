@@ -18,7 +18,9 @@ parameters after those two *are* its zoo keys, and their type hints say how a ke
 * ``cnn1``: one convolution + linear layer, the CNN-1 that Zhang et al. 2017 convexify (``ccnn.py``).
 
 The image models (``resnet20/56/110``, ``wrn``, ``vgg9``, ``densenet``; ``vgg9_1d``: VGG-9 for 1-D signals) and
-the recurrent ones (``gru``, ``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) live in their own files.
+the recurrent ones (``gru``, ``lstm``: Greydanus 2020's MNIST-1D GRU and its LSTM twin) and ``gpt`` (a small
+decoder-only transformer on int64 token ids, Radford et al. 2019; the 2-layer, width-128, 4-head default of
+Power et al. 2022's grokking runs) live in their own files.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lossatlas.models.ccnn import cnn1
 from lossatlas.models.densenet import densenet
 from lossatlas.models.recurrent import gru, lstm
 from lossatlas.models.resnet import image_channels, require_positive, resnet20, resnet56, resnet110, wrn
+from lossatlas.models.transformer import gpt
 from lossatlas.models.vgg import vgg9, vgg9_1d
 from lossatlas.specs import Spec, parse_options, parse_spec, typed_options
 
@@ -314,6 +317,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "lstm": lstm,
     "vgg9_1d": vgg9_1d,
     "cnn1": cnn1,
+    "gpt": gpt,
 }
 
 

@@ -43,6 +43,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from lossatlas.batch import take
 from lossatlas.errors import UserInputError
 
 PermutationSpec = dict[str, tuple[str | None, ...]]
@@ -374,7 +375,7 @@ def align_checkpoint(model_a: nn.Module, model_b: nn.Module, data: Any, *, out: 
     if out.suffix != ".safetensors":
         raise UserInputError(f"--out must name a .safetensors file, got '{out}'")
     x, _ = data.split("train")
-    aligned, perms = align_weights(model_a, model_b, x[:2], spec=spec, seed=seed)
+    aligned, perms = align_weights(model_a, model_b, take(x, slice(0, 2)), spec=spec, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in aligned.items()}, str(out))
     eval_spec = path_eval_spec(loss, batch_size)

@@ -42,8 +42,10 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from lossatlas.engine import EvalSpec, Evaluator, resolve_loss
+from lossatlas.batch import float_dtype_of, num_rows, take
+from lossatlas.engine import EvalSpec, Evaluator
 from lossatlas.engine.bn import has_batchnorm
+from lossatlas.engine.losses import minibatch_loss
 from lossatlas.errors import UserInputError
 from lossatlas.execute import WorkUnit
 from lossatlas.grid import Axis, PointTask, run_grid
@@ -281,7 +283,7 @@ def fit_control_points(model: nn.Module, data: Any, control_points: list[ParamDi
     net = private_copy(model)
     net.train()
     buffers = buffers_of(net)
-    loss_fn = resolve_loss(loss)
+    loss_fn = minibatch_loss(loss)
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     points = [{k: v.detach().clone() for k, v in p.items()} for p in control_points]
     bends = points[1:-1]
@@ -304,16 +306,16 @@ def fit_control_points(model: nn.Module, data: Any, control_points: list[ParamDi
         start, history = int(state["epoch"]), list(state["history"])
     x, y = data.split("train")
     for epoch in range(start + 1, spec.epochs + 1):
-        order = torch.randperm(x.shape[0], generator=generator)
+        order = torch.randperm(num_rows(x), generator=generator)
         total, count = 0.0, 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed * 1_000_003 + epoch)  # dropout masks, if the model has any
-            for i in range(0, x.shape[0], spec.batch_size):
+            for i in range(0, num_rows(x), spec.batch_size):
                 idx = order[i:i + spec.batch_size]
                 t = torch.rand(1, generator=generator, dtype=torch.float64)
-                coeffs = curve_coefficients(spec.kind, len(points), t)[0].to(x.dtype)
-                out = functional_forward(net, curve_point(points, coeffs), buffers, x[idx])
-                batch_loss = loss_fn(out, y[idx]).mean()
+                coeffs = curve_coefficients(spec.kind, len(points), t)[0].to(float_dtype_of(net))
+                out = functional_forward(net, curve_point(points, coeffs), buffers, take(x, idx))
+                batch_loss = loss_fn(out, take(y, idx))
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()

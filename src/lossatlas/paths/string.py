@@ -45,7 +45,9 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from lossatlas.engine import Evaluator, resolve_loss
+from lossatlas.batch import num_rows, take
+from lossatlas.engine import Evaluator
+from lossatlas.engine.losses import minibatch_loss
 from lossatlas.errors import UserInputError
 from lossatlas.params import ParamDict, buffers_of, functional_forward, parameters_of, private_copy, tensors_sha256
 from lossatlas.paths.barrier import check_same_architecture, evaluate_combinations, path_eval_spec
@@ -118,7 +120,7 @@ def _descend(model: nn.Module, data: Any, evaluator: Evaluator, start: ParamDict
     net = private_copy(model)
     net.train()
     buffers = buffers_of(net)
-    loss_fn = resolve_loss(loss)
+    loss_fn = minibatch_loss(loss)
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     theta = {k: v.detach().clone().requires_grad_(k in trainable) for k, v in start.items()}
     optimizer = torch.optim.SGD([theta[k] for k in theta if k in trainable], lr=spec.lr, momentum=spec.momentum)
@@ -126,7 +128,7 @@ def _descend(model: nn.Module, data: Any, evaluator: Evaluator, start: ParamDict
     x, y = data.split("train")
     steps, evaluated = 0, 0
     current = float("inf")
-    order = torch.randperm(x.shape[0], generator=generator)
+    order = torch.randperm(num_rows(x), generator=generator)
     cursor = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed * 1_000_003 + bead)  # dropout masks, if any
@@ -136,11 +138,11 @@ def _descend(model: nn.Module, data: Any, evaluator: Evaluator, start: ParamDict
                 evaluated += 1
                 if current <= target or steps >= steps_left:
                     break
-            if cursor >= x.shape[0]:
-                order, cursor = torch.randperm(x.shape[0], generator=generator), 0
+            if cursor >= num_rows(x):
+                order, cursor = torch.randperm(num_rows(x), generator=generator), 0
             idx = order[cursor:cursor + spec.batch_size]
             cursor += spec.batch_size
-            value = loss_fn(functional_forward(net, theta, buffers, x[idx]), y[idx]).mean()
+            value = loss_fn(functional_forward(net, theta, buffers, take(x, idx)), take(y, idx))
             if spec.penalty:
                 value = value + 0.5 * spec.penalty * sum(((theta[k] - mid[k]) ** 2).sum() for k in trainable)
             optimizer.zero_grad(set_to_none=True)
