@@ -19,3 +19,21 @@ class Slow(nn.Module):
 def build() -> nn.Module:
     torch.manual_seed(0)
     return Slow()
+
+
+class SlowTokens(nn.Module):
+    """A slow per-token model on int64 token ids: (B, T) -> (B, T, 7) logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.head = nn.Linear(4, 7)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return self.head(torch.tanh(self.embed(ids)))
+
+
+def build_tokens() -> nn.Module:
+    torch.manual_seed(0)
+    return SlowTokens()

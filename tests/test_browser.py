@@ -184,3 +184,33 @@ def test_demo_report_in_headless_chromium(browser, tmp_path: Path) -> None:  # t
     assert figures == 7  # 3D surface + 4 contours, interpolation, training
     rows = check_in_browser(browser, report, figures, tmp_path / "demo_report.png")
     assert rows["seed"] == str(SEED)
+
+
+def test_transformer_tour_report_in_headless_chromium(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The README's transformer tour, scaled down (zoo:gpt on modular addition): train two seeds, a surface, the
+    Hessian, a curve between the seeds, then the report: every figure drawn inside its box, no console error."""
+    import subprocess
+    import sys
+
+    model, data = "zoo:gpt:layers=1,width=16,heads=2", "modadd:p=11,frac=0.5"
+    common = ["--model", model, "--data", data]
+
+    def cli(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "lossatlas", *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    run = tmp_path / "gpt"
+    for seed in (0, 1):
+        cli("train", *common, "--epochs", "2", "--optimizer", "adam", "--lr", "0.01", "--seed", str(seed),
+            "--out", str(tmp_path / f"gpt{seed}"))
+    a, b = (str(tmp_path / f"gpt{s}" / "checkpoints" / "epoch_0002.safetensors") for s in (0, 1))
+    (tmp_path / "gpt0").rename(run)
+    a = a.replace(str(tmp_path / "gpt0"), str(run))
+    cli("surface", *common, "--checkpoint", a, "--x=-1:1:5", "--y=-1:1:5", "--out", str(run / "surface.zarr"))
+    cli("hessian", *common, "--checkpoint", a, "--top", "2", "--density", "--out", str(run / "hessian.zarr"))
+    cli("curve", *common, "--checkpoint", a, "--checkpoint2", b, "--epochs", "1", "--points", "5",
+        "--out", str(run / "curve"))
+    result = build_report(run, strict=True)
+    assert result.figures >= 6  # training, 3D surface + contours, spectrum, curve
+    rows = check_in_browser(browser, result.path, result.figures, tmp_path / "gpt_report.png")
+    assert "zoo:gpt" in rows["__provenance_text__"]

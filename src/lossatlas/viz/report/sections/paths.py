@@ -27,10 +27,27 @@ def _describe(ds: xr.Dataset) -> str:
     return f"{ds.attrs.get('model', '?')} on {ds.attrs.get('data', '?')}"
 
 
+TITLE_LINE = 56
+"""Characters per title line: a half-width figure (about 580 px) holds this many at plotly's title font."""
+
+
+def _title(text: str) -> str:
+    """``text`` shortened to :data:`TITLE_CHARS`, escaped, and broken into lines of at most :data:`TITLE_LINE`
+    characters (a long model or data spec, e.g. a transformer's keys, would run out of the figure's box)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text)[:TITLE_CHARS], TITLE_LINE, break_long_words=True) or [""]
+    if len(str(text)) > TITLE_CHARS:
+        lines[-1] = lines[-1][:-1] + "…"
+    return "<br>".join(plotly_text(line) for line in lines)
+
+
 def _layout(fig: go.Figure, title: str, xlabel: str, ylabel: str = "loss") -> go.Figure:
-    fig.update_layout(template=TEMPLATE, height=440, title={"text": plotly_text(title, TITLE_CHARS)},
+    text = _title(title)
+    top = 50 + 18 * text.count("<br>")
+    fig.update_layout(template=TEMPLATE, height=440, title={"text": text},
                       xaxis={"title": {"text": plotly_text(xlabel)}}, yaxis={"title": {"text": ylabel}},
-                      hovermode="x unified", margin={"l": 60, "r": 30, "t": 50, "b": 45},
+                      hovermode="x unified", margin={"l": 60, "r": 30, "t": top, "b": 45},
                       legend={"orientation": "h", "y": -0.2})
     return fig
 
