@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 import torch
@@ -55,6 +55,15 @@ def bn_cnn(classes: int = 3, seed: int = 0) -> nn.Module:
         for _ in range(3):
             net(torch.randn(16, 1, 4, 4) * 2 + 0.5)
     return net.eval()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test (tiny problems run several times slower on two threads of a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

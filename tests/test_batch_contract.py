@@ -201,3 +201,17 @@ def test_dataset_refuses_ragged_structures_directly() -> None:
     x = {"a": torch.zeros(4, 2), "b": torch.zeros(3, 2)}
     with pytest.raises(UserInputError, match="same number of rows"):
         Dataset("d", x, torch.zeros(4, dtype=torch.int64), None, None, "classification", 2)
+
+
+def test_streamed_data_on_two_dask_workers_equals_in_process(tmp_path: Path) -> None:
+    """The streamed Dataset travels to the workers (by value, with its user module) and is read there."""
+    import xarray as xr
+
+    base = [sys.executable, "-m", "lossatlas", "surface", "--model", f"{MODELS}:tiny_lm", "--data",
+            f"{MODELS}:lm_stream", "--x=-1:1:5"]
+    for name, extra in (("local", []), ("dask", ["--workers", "2"])):
+        done = subprocess.run([*base, *extra, "--out", str(tmp_path / f"{name}.zarr")], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (xr.open_zarr(tmp_path / f"{n}.zarr", consolidated=False) for n in ("local", "dask"))
+    assert np.array_equal(a["train_loss"].values, b["train_loss"].values)

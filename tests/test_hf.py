@@ -36,13 +36,7 @@ from tests.hf_fixtures import (  # noqa: E402
     write_tiny_gpt2,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny problems: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,7 @@ from lossatlas.studies.verdict import seed_ref
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny batched problems (matrices of 12 × 12) run ten times slower on two threads of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny problems: one thread is faster
 
 
 def _seed_window(number: str, line: int) -> str:
