@@ -215,3 +215,29 @@ def test_streamed_data_on_two_dask_workers_equals_in_process(tmp_path: Path) -> 
         assert done.returncode == 0, done.stderr[-2000:]
     a, b = (xr.open_zarr(tmp_path / f"{n}.zarr", consolidated=False) for n in ("local", "dask"))
     assert np.array_equal(a["train_loss"].values, b["train_loss"].values)
+
+
+class _WideStream(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """64 items of 4096 float32 features (16 KiB each), labels i mod 3."""
+
+    num_classes = 3
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.randn(4096, generator=torch.Generator().manual_seed(i)), i % 3
+
+
+def test_a_streamed_batch_is_bounded_by_the_memory_budget() -> None:
+    from lossatlas.data import _from_streams
+
+    streamed = _from_streams("wide", _WideStream(), None)
+    model = torch.nn.Sequential(torch.nn.Linear(4096, 3))
+    ev = Evaluator(model, streamed, EvalSpec(splits=("train",), batch_size=1000, memory_bytes=1 << 20))
+    assert ev.batch_size == (1 << 20) // (8 * 4096 * 4)  # 8 rows: a batch takes at most 1/8 of the budget
+    x = torch.stack([_WideStream()[i][0] for i in range(64)])
+    y = torch.arange(64) % 3
+    memory = Dataset("wide", x, y, None, None, "classification", 3)
+    want = Evaluator(model, memory, EvalSpec(splits=("train",), batch_size=1000)).evaluate_one(ev.theta())
+    assert ev.evaluate_one(ev.theta())["train_loss"] == pytest.approx(want["train_loss"], rel=1e-12)

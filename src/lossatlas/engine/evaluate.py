@@ -35,6 +35,7 @@ from lossatlas.batch import (
     check_labels,
     float_dtype_of,
     is_stream,
+    leaves,
     num_rows,
     per_token,
     probe_model,
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
     from lossatlas.data import Dataset
 
 SPLITS = ("train", "test")
+STREAM_COPIES = 8
+"""A streamed batch may take at most 1/8 of ``EvalSpec.memory_bytes``: its items, their stacked tensor and the
+last batch kept for the targets are about three copies, the forward pass's activations the rest."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,11 @@ class Evaluator:
         x2, y2 = take(x0, slice(0, 2)), take(y0, slice(0, 2))
         probe = probe_model(self.model, x2, data.name)
         self._streamed = any(is_stream(x) for x, _ in self.splits.values())
+        self.batch_size = self.spec.batch_size
+        if self._streamed:  # a streamed batch is read, stacked and kept (~3 copies): bound it by the budget
+            row_bytes = sum(t.numel() * t.element_size() for t in leaves(x2)) // max(num_rows(x2), 1)
+            cap = self.spec.memory_bytes // (STREAM_COPIES * max(row_bytes, 1))
+            self.batch_size = max(1, min(self.batch_size, cap))
         if self.classification and not self._streamed:  # streamed labels are checked batch by batch
             for split, (_, y) in self.splits.items():
                 check_labels(y, int(probe.shape[-1]), f"{data.name} ({split})")
@@ -198,7 +207,7 @@ class Evaluator:
         if split not in self._counts:
             x, y = self.splits[split]
             if is_stream(y):
-                total = sum_over_batches(lambda _xb, yb: self.loss_fn.counts(yb).sum(), x, y, self.spec.batch_size)
+                total = sum_over_batches(lambda _xb, yb: self.loss_fn.counts(yb).sum(), x, y, self.batch_size)
             else:
                 total = self.loss_fn.counts(y).sum()
             self._counts[split] = float(total)
@@ -271,7 +280,7 @@ class Evaluator:
     # -- how points share a pass ---------------------------------------------------------------
     def points_per_pass(self, batch_size: int | None = None) -> int:
         """How many points fit in one vmapped forward pass under the memory budget."""
-        b = min(batch_size or self.spec.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
+        b = min(batch_size or self.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
         n_params = sum(p.numel() for p in self._master.parameters())
         per_point = 4 * (3 * self._per_sample * b + 2 * n_params)
         points = self.spec.memory_bytes // max(per_point, 1)
@@ -282,7 +291,7 @@ class Evaluator:
     def _one_point_per_pass(self, points: int = 0) -> bool:
         """Evaluate point after point without vmap: for a single point, and on CPU for conv nets and for points
         whose batch alone fills a cache-sized pass (vmapped passes only ran slower there)."""
-        b = min(self.spec.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
+        b = min(self.batch_size, max(num_rows(x) for x, _ in self.splits.values()))
         return points == 1 or not getattr(self, "_vmap", True) or self.device.type == "cpu" and (
             self._channels_last or self._per_sample * b * 2 > CPU_PASS_FLOATS)
 
@@ -302,37 +311,51 @@ class Evaluator:
 
     # -- evaluation ----------------------------------------------------------------------------
     def _batch_sums(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Per-point float64 sums over a batch, ``out`` (P, B, ...): the loss, its terms (samples or unmasked
-        tokens), correct predictions and the labels they are out of; under a subset also the cross sums a ratio's
-        standard error needs (per row: loss lᵢ, terms wᵢ, correct cᵢ, labels aᵢ)."""
+        """Per-point float64 sums over a batch, ``out`` (P, B, ...): :meth:`_row_values` reduced by :meth:`_reduce`."""
+        return self._reduce(self._row_values(out, y))
+
+    def _row_values(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per row of a batch, ``out`` (P, B, ...): loss lᵢ (P, B) (a sample's, or its unmasked tokens' sum), loss
+        terms wᵢ (B,), correct predictions cᵢ (P, B) and labels aᵢ (B,), all float64. A row's values do not depend
+        on the other rows of the pass, so rows computed batch by batch and concatenated reduce to the same bits."""
         p, b = out.shape[:2]
         if self._streamed and self.classification:
             check_labels(y, int(out.shape[-1]), "the streamed data")
-        terms = self.loss_fn.counts(y)
+        rows = {"terms": self.loss_fn.counts(y)}
         scored = self.classification and y.dim() == out.dim() - 2 and not y.is_floating_point()
         labelled = (y != IGNORE_INDEX) if scored else None
         if self._fast_cross_entropy:
             per_item, hit = cross_entropy_and_correct(out, y.clamp_min(0) if labelled is not None else y)
             if labelled is not None:
                 per_item = per_item.masked_fill(~labelled, 0.0)
-            per_sample = per_item.reshape(p, b, -1).sum(dim=2)
+            rows["loss"] = per_item.reshape(p, b, -1).sum(dim=2)
         else:
             flat_out = out.reshape(p * b, *out.shape[2:])
             flat_y = y.repeat(p, *([1] * (y.dim() - 1)))
-            per_sample = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
+            rows["loss"] = self.loss_fn(flat_out, flat_y).reshape(p, b).double()
             if scored:
                 hit = (flat_out.argmax(dim=-1) == flat_y).reshape(p, *y.shape)
+        if self.classification:
+            if labelled is None:  # no integer label per output: nothing to score (e.g. a custom loss's targets)
+                rows["correct"] = torch.zeros(p, b, dtype=torch.float64, device=out.device)
+                rows["labels"] = torch.ones(b, dtype=torch.float64, device=out.device)
+            else:
+                rows["correct"] = (hit & labelled).reshape(p, b, -1).sum(dim=2, dtype=torch.float64)
+                rows["labels"] = labelled.reshape(b, -1).sum(dim=1, dtype=torch.float64)
+        return rows
+
+    def _reduce(self, rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-point sums of :meth:`_row_values`: the loss, its terms (samples or unmasked tokens), correct
+        predictions and the labels they are out of; under a subset also the cross sums a ratio's standard error
+        needs (Σlᵢ², Σlᵢwᵢ, Σwᵢ², and the same for cᵢ, aᵢ)."""
+        per_sample, terms = rows["loss"], rows["terms"]
+        p = per_sample.shape[0]
         sums = {"loss": per_sample.sum(dim=1), "count": terms.sum().expand(p).clone()}
         if self.spec.subset is not None:
             sums.update(square=per_sample.square().sum(dim=1), loss_count=(per_sample * terms).sum(dim=1),
                         count_sq=terms.square().sum().expand(p).clone())
         if self.classification:
-            if labelled is None:  # no integer label per output: nothing to score (e.g. a custom loss's targets)
-                correct = torch.zeros(p, b, dtype=torch.float64, device=out.device)
-                labels = torch.ones(b, dtype=torch.float64, device=out.device)
-            else:
-                correct = (hit & labelled).reshape(p, b, -1).sum(dim=2, dtype=torch.float64)
-                labels = labelled.reshape(b, -1).sum(dim=1, dtype=torch.float64)
+            correct, labels = rows["correct"], rows["labels"]
             sums.update(correct=correct.sum(dim=1), labels=labels.sum().expand(p).clone())
             if self.spec.subset is not None:
                 sums.update(correct_sq=correct.square().sum(dim=1), correct_labels=(correct * labels).sum(dim=1),
@@ -360,7 +383,7 @@ class Evaluator:
         model's (``states`` entries in ``point`` override them in the forward pass)."""
         if self.bn_inputs is None:
             return self.buffers
-        return recompute_statistics(self.model, point, self.buffers, self.bn_inputs, self.spec.batch_size)
+        return recompute_statistics(self.model, point, self.buffers, self.bn_inputs, self.batch_size)
 
     @torch.no_grad()
     def evaluate_stacked(self, stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -378,7 +401,7 @@ class Evaluator:
         forward = self._vmapped_forward(self.model, stacked, buffers)
         results: dict[str, Tensor] = {}
         for split, (x, y) in self.splits.items():
-            sums = sum_over_batches(lambda xb, yb: self._batch_sums(forward(xb), yb), x, y, self.spec.batch_size)
+            sums = sum_over_batches(lambda xb, yb: self._batch_sums(forward(xb), yb), x, y, self.batch_size)
             results.update(self._metrics(split, sums))
         return results
 
@@ -391,7 +414,7 @@ class Evaluator:
         batch)."""
         model = self.point_model
         cl = self._channels_last and self.device.type == "cpu"
-        bs = self.spec.batch_size
+        bs = self.batch_size
         batches = {split: (None if num_rows(x) * self._out_per_sample > POINT_LOGITS_FLOATS else
                            _Reread(x, y, bs) if is_stream(x) else  # a stream is read again at every point
                            [layout(take(x, s), cl) for s in batch_slices(num_rows(x), bs)])
@@ -402,9 +425,10 @@ class Evaluator:
             model.load({k: layout(v, cl) for k, v in point(i).items()})
             for split, (x, y) in self.splits.items():
                 chunks = batches[split]
-                if isinstance(chunks, _Reread):  # logits and labels of a streamed split, read batch by batch
-                    outs, labels = zip(*((model(xb), yb) for xb, yb in chunks), strict=True)
-                    sums[split].append(self._batch_sums(torch.cat(outs)[None], torch.cat(labels)))
+                if isinstance(chunks, _Reread):  # a streamed split: row values batch by batch, reduced once
+                    parts = [self._row_values(model(xb)[None], yb) for xb, yb in chunks]
+                    rows = {k: torch.cat([r[k] for r in parts], dim=-1) for k in parts[0]}
+                    sums[split].append(self._reduce(rows))
                 elif chunks is not None:
                     sums[split].append(self._batch_sums(torch.cat([model(xb) for xb in chunks])[None], y))
                 else:
@@ -458,7 +482,7 @@ class Evaluator:
         for split, (x, y) in self.splits.items():
             sums = sum_over_batches(
                 lambda xb, yb: self._batch_sums(functional_forward(model, point, buffers, xb)[None], yb),
-                x, y, self.spec.batch_size)
+                x, y, self.batch_size)
             out.update({k: float(v[0]) for k, v in self._metrics(split, sums).items()})
         return out
 
