@@ -26,22 +26,44 @@ pairs from the same decomposition) against ``--top 5`` (certified Lanczos), each
 :func:`hessian_analysis` call (evaluator, gradient, graphs included), alternated over ``--repeats`` rounds, best
 kept, on CNNs of about 2,000 parameters trained for 2 epochs: ``zoo:cnn1d:channels=14`` on ``mnist1d`` (1,998)
 and ``zoo:bncnn:channels=8-8-8-8`` on ``digits`` (1,986). The issue's target: the ratio at most 10.
+
+HVP / gradient (``--only ratio``): the cost of ONE full-split Hessian-vector product over ONE full-split gradient,
+float32, both through :class:`HessianOperator` (``op.matvec(v)`` against ``op.value_and_gradient()``), for
+``cache=False`` (each product records and drops one batch's graph of ∇L at a time) and for the cached per-batch
+graphs (forced where the default's memory estimate declines them; the first product, which records the graphs, is
+reported apart), on ``zoo:mlp:widths=256-256``/``mnist1d``, ``zoo:bncnn``/``digits`` and the built-in transformer
+``zoo:gpt:layers=2,width=128,heads=4``/``modadd:p=97,frac=0.3`` (trained 1 epoch); PyHessian's
+``dataloader_hv_product`` against a plain ``loss.backward()`` over the same dataloader, and its single-batch mode
+(``data=(x, y)``: the graph of ∇L kept between products) against a one-batch gradient. For the transformer PyHessian
+gets ``F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=-100)``; it fails through PyTorch's fused CPU
+attention (no double backward), which the table says, and is then run under ``sdpa_kernel(SDPBackend.MATH)`` as
+lossatlas does inside its products. Best of ``max(--repeats, 3)`` rounds, tools alternated, order rotated; wall and
+CPU seconds. Target: an HVP at most 3× a gradient. ``--profile`` adds torch.profiler tables of the transformer's
+gradient and products.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import functools
+import gc
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from common import machine_info, machine_line, markdown_table, set_threads, timed, write_results
+import torch.nn.functional as F
+from common import cpu_pressure, machine_info, machine_line, markdown_table, set_threads, timed, write_results
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 
 from lossatlas.curvature.analysis import HessianSpec, hessian_analysis
@@ -55,6 +77,7 @@ from lossatlas.training import TrainSpec, train
 
 try:
     from pyhessian import hessian as PyHessian  # noqa: N812 - the peer's class name
+    from pyhessian.utils import hessian_vector_product
 except ImportError:
     PyHessian = None
 try:
@@ -359,10 +382,212 @@ def tables(result: dict[str, Any]) -> str:
     ])
 
 
+@dataclass(frozen=True)
+class RatioProblem:
+    """One model of the HVP / gradient comparison: a zoo spec on a built-in dataset."""
+
+    name: str
+    model: str
+    data: str
+
+
+RATIO_PROBLEMS = (
+    RatioProblem("mlp", "zoo:mlp:widths=256-256", "mnist1d"),
+    RatioProblem("bncnn", "zoo:bncnn", "digits"),
+    RatioProblem("gpt", "zoo:gpt:layers=2,width=128,heads=4", "modadd:p=97,frac=0.3"),
+)
+RATIO_QUICK = (
+    RatioProblem("mlp", "zoo:mlp:widths=32-32", "mnist1d"),
+    RatioProblem("bncnn", "zoo:bncnn:channels=8-8-8-8", "digits"),
+    RatioProblem("gpt", "zoo:gpt:layers=1,width=32,heads=2", "modadd:p=23,frac=0.3"),
+)
+RATIO_TARGET = 3.0
+
+
+def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch contract's loss for any labels: class (N,) or per-token (N, T) with -100 ignored, as a mean."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=-100)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def loader_gradient(model: nn.Module, dl: DataLoader, criterion: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
+    """∇ of the sample-weighted mean over ``dl``, one ``loss.backward()`` per batch: PyHessian's product loop without
+    ``create_graph`` (PyHessian has no gradient routine of its own)."""
+    n = len(dl.dataset)  # type: ignore[arg-type]
+    model.zero_grad(set_to_none=True)
+    for xb, yb in dl:
+        (criterion(model(xb), yb) * (xb.shape[0] / n)).backward()
+    return [p.grad for p in model.parameters()]  # type: ignore[misc]
+
+
+def ratio_problem(problem: RatioProblem, repeats: int, epochs: int, workdir: Path) -> dict[str, Any]:
+    """Seconds of one full-split gradient and one full-split HVP (float32), per tool, best of ``repeats`` rounds
+    with the tools alternated (their order rotated every round); each tool warmed up once, untimed."""
+    model, data = trained(problem.model, problem.data, epochs, workdir)
+    ev = Evaluator(model, data, EvalSpec(batch_size=BATCH, splits=("train",)))
+    uncached = HessianOperator(ev, dtype="float32", cache=False)
+    default = HessianOperator(ev, dtype="float32")
+    chose = default.cache
+    cached = default if chose else HessianOperator(ev, dtype="float32", cache=True)
+    row: dict[str, Any] = dict(problem=problem.name, model=problem.model, data=problem.data, n=uncached.n,
+                               samples=uncached.num_samples, terms=int(uncached.terms), default_caches=chose,
+                               graph_estimate_mib=uncached._graph_bytes() / 2**20,
+                               budget_mib=ev.spec.memory_bytes / 2**20, notes={})
+    v = torch.randn(uncached.n, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    vd = uncached.to_dict(v.float())
+    x, y = data.x_train, data.y_train
+    criterion = token_cross_entropy if y.dim() > 1 else nn.CrossEntropyLoss()
+    fns: dict[str, Callable[[], Any]] = {
+        "lossatlas gradient": uncached.value_and_gradient,
+        "lossatlas HVP, cache=False": lambda: uncached.matvec(v),
+        "lossatlas HVP, cached graphs": lambda: cached.matvec(v),
+    }
+    uncached.matvec(v)  # torch.func's first call in a process is slow (~1 s): not part of the graph recording
+    seconds, out = timed(lambda: cached.matvec(v))  # records every batch's graph of the gradient, then one sweep
+    row["first_cached_product_s"] = seconds
+    reference = out
+    if PyHessian is not None:
+        ph_model = copy.deepcopy(model).eval()
+        names = [n for n, _ in ph_model.named_parameters()]
+        h = PyHessian(ph_model, criterion, dataloader=loader(data), cuda=False)
+        vp = [vd[n].clone() for n in names]
+        try:
+            h.dataloader_hv_product(vp)
+            plain_ok = True
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot run is a result
+            row["notes"]["PyHessian"] = f"does not run: {first_line(exc)}"
+            plain_ok = False
+        kernel: Callable[[], Any] = contextlib.nullcontext
+        if not plain_ok:  # e.g. no double backward through the fused CPU attention: the math kernel, as lossatlas
+            kernel = functools.partial(sdpa_kernel, SDPBackend.MATH)
+            row["pyhessian_math_kernel"] = True
+        dl = loader(data)
+        fns["PyHessian gradient (loss.backward per batch)"] = lambda: loader_gradient(ph_model, dl, criterion)
+
+        def ph_hvp() -> Any:
+            with kernel():
+                return h.dataloader_hv_product(vp)[1]
+
+        try:
+            hv = ph_hvp()
+            flat = torch.cat([t.reshape(-1).double() for t in hv])
+            row["pyhessian_rel_diff"] = float((flat - reference).norm() / reference.norm())
+            fns["PyHessian HVP (dataloader_hv_product)"] = ph_hvp
+        except Exception as exc:  # noqa: BLE001
+            row["notes"]["PyHessian (math kernel)"] = f"does not run: {first_line(exc)}"
+        # PyHessian's single-batch mode keeps the graph of ∇L: data=(x, y) runs backward(create_graph=True) once
+        one_model = copy.deepcopy(model).eval()
+        one_params = list(one_model.parameters())
+        fns["PyHessian gradient, one batch"] = lambda: torch.autograd.grad(criterion(one_model(x), y), one_params)
+        try:
+            with kernel():
+                seconds, h1 = timed(lambda: PyHessian(one_model, criterion, data=(x, y), cuda=False))
+            row["pyhessian_one_batch_graph_s"] = seconds
+
+            def ph_one() -> Any:
+                return hessian_vector_product(h1.gradsH, h1.params, vp)
+
+            flat = torch.cat([t.reshape(-1).double() for t in ph_one()])
+            row["pyhessian_one_batch_rel_diff"] = float((flat - reference).norm() / reference.norm())
+            fns["PyHessian HVP, one batch, graph kept"] = ph_one
+        except Exception as exc:  # noqa: BLE001
+            row["notes"]["PyHessian one batch"] = f"does not run: {first_line(exc)}"
+    else:
+        row["notes"]["PyHessian"] = "not installed"
+    for fn in fns.values():  # warm-up (torch.func's first calls are slow)
+        fn()
+    row["uncached_rel_diff"] = float((uncached.matvec(v) - reference).norm() / reference.norm())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for round_ in range(repeats):
+        shift = round_ % len(order)
+        for name in order[shift:] + order[:shift]:
+            gc.collect()  # PyHessian's backward(create_graph=True) leaves parameter <-> graph cycles for the collector
+            start = time.process_time()
+            times[name].append(timed(fns[name])[0])
+            cpu[name].append(time.process_time() - start)
+        log(f"{problem.name} round {round_}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
+    row["seconds"] = {k: min(v) for k, v in times.items()}
+    row["cpu_seconds"] = {k: min(v) for k, v in cpu.items()}
+    row["all_seconds"] = times
+    fns.clear()
+    gc.collect()
+    return row
+
+
+def ratio_rows(problems: Any, repeats: int, epochs: int, workdir: Path) -> list[dict[str, Any]]:
+    return [ratio_problem(p, repeats, epochs, workdir) for p in problems]
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (model, tool): gradient and HVP seconds, their ratio (wall; CPU seconds in parentheses) against
+    the ≤ 3× target."""
+    out = []
+
+    def pair(r: dict[str, Any], grad: str, hvp: str) -> tuple[str, str, float, str]:
+        s, c = r["seconds"], r["cpu_seconds"]
+        ratio = s[hvp] / s[grad]
+        return (f"{s[grad]:.3f}", f"{s[hvp]:.3f}", ratio, f"{ratio:.2f}× ({c[hvp] / c[grad]:.2f}×)")
+
+    for r in rows:
+        label = f"{r['problem']} (n={r['n']:,})"
+        default = (f"default {'caches' if r['default_caches'] else '**does not cache**'}: estimate "
+                   f"{r['graph_estimate_mib']:.0f} MiB vs budget {r['budget_mib']:.0f} MiB; first product (records "
+                   f"the graphs) {r['first_cached_product_s']:.3f} s")
+        for name, extra in (("lossatlas HVP, cache=False", f"rel. Δ vs cached {r['uncached_rel_diff']:.1e}"),
+                            ("lossatlas HVP, cached graphs", default)):
+            g, h, ratio, text = pair(r, "lossatlas gradient", name)
+            out.append([label, name, g, h, f"**{text}**", "met" if ratio <= RATIO_TARGET else "missed", extra])
+        kernel = " (math SDPA kernel, set by us)" if r.get("pyhessian_math_kernel") else ""
+        if "PyHessian HVP (dataloader_hv_product)" in r["seconds"]:
+            g, h, _, text = pair(r, "PyHessian gradient (loss.backward per batch)",
+                                 "PyHessian HVP (dataloader_hv_product)")
+            out.append([label, "PyHessian `dataloader_hv_product`" + kernel, g, h, text, "",
+                        f"rel. Δ vs lossatlas {r['pyhessian_rel_diff']:.1e}"])
+        if "PyHessian HVP, one batch, graph kept" in r["seconds"]:
+            g, h, _, text = pair(r, "PyHessian gradient, one batch", "PyHessian HVP, one batch, graph kept")
+            out.append([label, "PyHessian `data=` one batch, graph kept" + kernel, g, h, text, "",
+                        f"graph recorded in {r['pyhessian_one_batch_graph_s']:.3f} s; rel. Δ "
+                        f"{r['pyhessian_one_batch_rel_diff']:.1e}"])
+        for tool, note in r["notes"].items():
+            out.append([label, tool, "", "", "", "", note])
+    models = "; ".join(f"{r['problem']}: `{r['model']}` on `{r['data']}`, {r['samples']} samples" for r in rows)
+    return models + "\n\n" + markdown_table(
+        ["model", "tool", "gradient s", "HVP s", "HVP / gradient, wall (CPU)", f"≤ {RATIO_TARGET:g}×", "notes"], out)
+
+
+def profile_gpt_hvp(problem: RatioProblem, workdir: Path, rows: int = 18) -> str:
+    """torch.profiler tables (self CPU time) of one gradient, one uncached and one cached HVP of ``problem``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, data = trained(problem.model, problem.data, 0, workdir)
+    ev = Evaluator(model, data, EvalSpec(batch_size=BATCH, splits=("train",)))
+    uncached = HessianOperator(ev, dtype="float32", cache=False)
+    cached = HessianOperator(ev, dtype="float32", cache=True)
+    v = torch.randn(uncached.n, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    parts = []
+    for name, fn in (("gradient", uncached.value_and_gradient), ("HVP, cache=False", lambda: uncached.matvec(v)),
+                     ("HVP, cached graphs", lambda: cached.matvec(v))):
+        fn()
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            seconds, _ = timed(fn)
+        parts.append(f"#### {problem.model}: {name} ({seconds:.3f} s)\n\n```\n"
+                     + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows) + "```")
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 40-32-32-10 MLP, 2 epochs: a smoke run")
-    parser.add_argument("--only", choices=("all", "top5", "critical"), default="all", help="run one part")
+    parser.add_argument("--only", choices=("all", "top5", "critical", "ratio"), default="all", help="run one part")
+    parser.add_argument("--profile", action="store_true",
+                        help="with the ratio part: torch.profiler tables of the transformer's gradient and HVPs")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--probes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the top-5 runs (best kept)")
@@ -385,6 +610,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quick:
                 write_results("hessian_critical", {"machine": info, "rows": rows, "repeats": args.repeats})
             text += "\n\n" + critical_table(rows)
+        if args.only in ("all", "ratio"):
+            problems = RATIO_QUICK if args.quick else RATIO_PROBLEMS
+            repeats = 1 if args.quick else max(args.repeats, 3)
+            ratio = ratio_rows(problems, repeats, 0 if args.quick else 1, Path(tmp))
+            info["cpu_pressure_at_end"] = cpu_pressure()
+            if not args.quick:
+                write_results("hessian_ratio", {"machine": info, "rows": ratio, "repeats": repeats})
+            text += (f"\n\nOne full-split HVP / one full-split gradient, float32, best of {repeats} alternated "
+                     f"(CPU pressure at the end {info['cpu_pressure_at_end']} %)\n\n" + ratio_table(ratio))
+            if args.profile:
+                text += "\n\n" + profile_gpt_hvp(problems[-1], Path(tmp))
     print(text)
     return 0
 
