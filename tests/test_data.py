@@ -556,3 +556,34 @@ def test_dataset_validates_its_fields() -> None:
         Dataset("d", x, torch.zeros(3, dtype=torch.int64), x, None, "classification", 2)
     with pytest.raises(UserInputError, match="num_classes"):
         Dataset("d", x, torch.zeros(3, dtype=torch.int64), None, None, "classification", None)
+
+
+def test_text_spec_gives_shifted_token_blocks(tmp_path: Path) -> None:
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    data = load_data(f"text:{corpus},block=16")
+    vocab = sorted(set(text))
+    assert data.per_token and data.num_classes == len(vocab) and data.x_train.dtype == torch.int64
+    x, y = data.x_train, data.y_train
+    assert x.shape[1] == 16 and y.shape == x.shape and bool((y[:, -1] == -100).all())
+    assert torch.equal(y[:, :-1], x[:, 1:])  # the next token is the label; the last position has none
+    decoded = "".join(vocab[int(i)] for i in x[0])
+    assert decoded == text[:16]
+    blocks = len(text) // 16
+    assert x.shape[0] + data.x_test.shape[0] == blocks
+    with pytest.raises(UserInputError, match="unknown option") as info:
+        load_data(f"text:{corpus},blocks=16")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserInputError, match="block must be an integer"):
+        load_data(f"text:{corpus},block=sixteen")
+
+
+def test_modadd_spec_is_the_power_et_al_task() -> None:
+    data = load_data("modadd:p=7,frac=0.5")
+    assert data.num_classes == 8 and data.per_token  # tokens 0..6 and '=' (7)
+    x = torch.cat([data.x_train, data.x_test])
+    y = torch.cat([data.y_train, data.y_test])
+    assert x.shape == (49, 3) and bool((x[:, 2] == 7).all())
+    assert torch.equal(y[:, 2], (x[:, 0] + x[:, 1]) % 7) and bool((y[:, :2] == -100).all())
+    assert torch.equal(load_data("modadd:p=7,frac=0.5", seed=3).x_train, data.x_train)  # the run seed: same split
