@@ -88,3 +88,16 @@ def test_surface_hessian_and_curve_run(name: str, problems: dict[str, dict[str, 
     _cli("curve", *model, "--checkpoint2", str(p["b"]), "--epochs", "1", "--points", "5",
          "--out", str(p["root"] / f"{name}_curve"))
     assert (p["root"] / f"{name}_curve" / "curve.zarr").exists()
+
+
+def test_a_saved_model_is_not_called_untrained(problems: dict[str, dict[str, Path]]) -> None:
+    """hf:DIR loads the weights saved in DIR: no 'untrained weights' warning, and the store says where they came
+    from; hf:config.json draws random weights and is called untrained."""
+    p = problems["gpt2"]
+    done = _cli("surface", "--model", f"hf:{p['dir']}", "--data", str(p["data"]), "--x=-1:1:3",
+                "--out", str(p["root"] / "saved.zarr"))
+    assert "untrained" not in done.stdout + done.stderr
+    assert xr.open_zarr(p["root"] / "saved.zarr", consolidated=False).attrs["weights"].startswith("saved in")
+    done = _cli("surface", "--model", f"hf:{p['dir'] / 'config.json'}", "--data", str(p["data"]), "--x=-1:1:3",
+                "--out", str(p["root"] / "random.zarr"))
+    assert "untrained" in done.stdout + done.stderr

@@ -252,11 +252,19 @@ def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model
         model = load_checkpoint(model, checkpoint)
         provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
                           weights=f"checkpoint {checkpoint}")
+    elif _pretrained(model_spec):  # hf:DIR loads the weights saved in DIR: they are not an initialisation
+        provenance["weights"] = f"saved in {model_spec.strip().removeprefix('hf:').split(':')[0]}"
     elif warn_untrained:
         provenance["weights"] = UNTRAINED
         warn_when_running(f"no --checkpoint: using the model's untrained initial weights (seed {model_seed}); "
                      "pass --checkpoint FILE to map a trained model")
     return data, model, provenance
+
+
+def _pretrained(model_spec: str) -> bool:
+    """Whether the spec loads saved weights by itself (``hf:DIR``; ``hf:config.json`` draws random ones)."""
+    text = model_spec.strip()
+    return text.startswith("hf:") and not text.split(":")[1].strip().endswith(".json")
 
 
 def out_line(text: str) -> None:
