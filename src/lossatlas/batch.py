@@ -305,7 +305,8 @@ class Stream:
         digest = hashlib.sha256(f"{type(self.dataset).__name__}{len(self)}".encode())
         digest.update(self.indices.tobytes())
         for position in sorted({0, len(self) - 1}):
-            for leaf in leaves(self.read([position])[0]) + [self.read([position])[1]]:
+            inputs, target = self.read([position])
+            for leaf in [*leaves(inputs), target]:
                 digest.update(leaf.numpy().tobytes())
         return digest.hexdigest()
 

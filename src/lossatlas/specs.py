@@ -64,16 +64,25 @@ class Spec:
         return self.kind == "builtin"
 
 
+def split_hf_spec(text: str) -> tuple[str, str]:
+    """``hf:PATH[:key=value,...]`` -> ``(PATH, "key=value,...")``: the options are what follows the last ``:`` when it
+    holds a ``=``; a path containing ``:`` otherwise stays whole (:func:`lossatlas.models.hf.parse_hf_spec`)."""
+    body = text.strip().removeprefix("hf:")
+    path, sep, tail = body.rpartition(":")
+    if not sep or "=" not in tail:
+        return body.strip(), ""
+    return path.strip(), tail.strip()
+
+
 def canonical_spec(text: str) -> str:
     """The spec with its file path made absolute (``models/my.py:f`` → ``/abs/models/my.py:f``), so that the same
     file named two ways gives one configuration; other specs are returned unchanged."""
     if not isinstance(text, str):
         return text
     stripped = text.strip()
-    if stripped.startswith("hf:"):  # hf:PATH[:key=value,...] (lossatlas.models.hf.parse_hf_spec)
-        path, sep, tail = stripped.removeprefix("hf:").rpartition(":")
-        path, tail = (path, tail) if sep and "=" in tail else (stripped.removeprefix("hf:"), "")
-        return f"hf:{Path(path.strip()).expanduser().resolve()}" + (f":{tail.strip()}" if tail else "")
+    if stripped.startswith("hf:"):
+        path, tail = split_hf_spec(stripped)
+        return f"hf:{Path(path).expanduser().resolve()}" + (f":{tail}" if tail else "")
     if stripped.startswith("text:"):
         path, sep, rest = stripped.removeprefix("text:").partition(",")
         return f"text:{Path(path).expanduser().resolve()}{sep}{rest}"

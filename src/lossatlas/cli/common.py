@@ -31,6 +31,7 @@ from lossatlas.directions import Ignore, Norm  # noqa: F401 - option types used 
 from lossatlas.engine.bn import BNPolicy
 from lossatlas.errors import NonFiniteError, UserInputError
 from lossatlas.execute import check_device  # noqa: F401 - `--device`, checked for the command modules
+from lossatlas.specs import split_hf_spec
 
 _METAVARS = {"<int>": "N", "<float>": "NUMBER", "<path>": "PATH", "<str>": "TEXT"}
 """What an option without its own metavar shows instead of a Python type."""
@@ -253,7 +254,7 @@ def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model
         provenance.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
                           weights=f"checkpoint {checkpoint}")
     elif _pretrained(model_spec):  # hf:DIR loads the weights saved in DIR: they are not an initialisation
-        provenance["weights"] = f"saved in {model_spec.strip().removeprefix('hf:').split(':')[0]}"
+        provenance["weights"] = f"saved in {split_hf_spec(model_spec)[0]}"
     elif warn_untrained:
         provenance["weights"] = UNTRAINED
         warn_when_running(f"no --checkpoint: using the model's untrained initial weights (seed {model_seed}); "
@@ -263,8 +264,7 @@ def load_problem(model_spec: str, data_spec: str, checkpoint: Path | None, model
 
 def _pretrained(model_spec: str) -> bool:
     """Whether the spec loads saved weights by itself (``hf:DIR``; ``hf:config.json`` draws random ones)."""
-    text = model_spec.strip()
-    return text.startswith("hf:") and not text.split(":")[1].strip().endswith(".json")
+    return model_spec.strip().startswith("hf:") and not split_hf_spec(model_spec)[0].endswith(".json")
 
 
 def out_line(text: str) -> None:

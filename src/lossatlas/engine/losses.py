@@ -118,11 +118,6 @@ class SplitLoss:
             terms *= int(size)
         return torch.full((b,), float(terms), dtype=torch.float64, device=y.device)
 
-    def mean(self, out: Tensor, y: Tensor) -> Tensor:
-        """The batch's mean over its loss terms (the minibatch objective of training); a per-sample loss with no
-        ignored sample is ``.mean()`` of it, as before tokens existed."""
-        return batch_mean(self.fn(out, y), y)
-
 
 def batch_mean(value: Tensor, y: Tensor) -> Tensor:
     """Mean of per-sample or per-token loss values over the loss terms of a batch: positions labelled -100 left

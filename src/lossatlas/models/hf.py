@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from lossatlas.errors import UserInputError
+from lossatlas.specs import canonical_spec, split_hf_spec
 
 PREFIX = "hf:"
 
@@ -111,7 +112,7 @@ def parse_hf_spec(text: str) -> tuple[str, dict[str, Any]]:
     stripped = text.strip() if isinstance(text, str) else ""
     if not stripped.startswith(PREFIX):
         raise _fail(f"model spec {text!r} is not an hf: spec; write hf:DIR or hf:path/config.json[:task=...]")
-    path, tail = _split(stripped[len(PREFIX):])
+    path, tail = split_hf_spec(stripped)
     if not path:
         raise _fail(f"model spec {text!r} names no path; write hf:DIR or hf:path/config.json")
     options: dict[str, Any] = {}
@@ -134,18 +135,9 @@ def parse_hf_spec(text: str) -> tuple[str, dict[str, Any]]:
 
 def canonical_hf_spec(text: str) -> str:
     """The spec with its path made absolute (``hf:runs/gpt2`` -> ``hf:/abs/runs/gpt2``), so that one model named
-    two ways gives one configuration hash; options are kept as written."""
+    two ways gives one configuration hash; options are kept as written (checked first)."""
     parse_hf_spec(text)
-    path, tail = _split(text.strip()[len(PREFIX):])
-    return f"{PREFIX}{Path(path).expanduser().resolve()}" + (f":{tail}" if tail else "")
-
-
-def _split(body: str) -> tuple[str, str]:
-    """``PATH[:options]`` -> ``(PATH, options)``: options are the part after the last ``:`` if it has a ``=``."""
-    path, sep, tail = body.rpartition(":")
-    if not sep or "=" not in tail:
-        return body.strip(), ""
-    return path.strip(), tail.strip()
+    return canonical_spec(text)
 
 
 def _check_task(task: str) -> str:

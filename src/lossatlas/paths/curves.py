@@ -305,6 +305,7 @@ def fit_control_points(model: nn.Module, data: Any, control_points: list[ParamDi
         generator.set_state(state["generator"])
         start, history = int(state["epoch"]), list(state["history"])
     x, y = data.split("train")
+    dtype = float_dtype_of(net)
     for epoch in range(start + 1, spec.epochs + 1):
         order = torch.randperm(num_rows(x), generator=generator)
         total, count = 0.0, 0
@@ -313,7 +314,7 @@ def fit_control_points(model: nn.Module, data: Any, control_points: list[ParamDi
             for i in range(0, num_rows(x), spec.batch_size):
                 idx = order[i:i + spec.batch_size]
                 t = torch.rand(1, generator=generator, dtype=torch.float64)
-                coeffs = curve_coefficients(spec.kind, len(points), t)[0].to(float_dtype_of(net))
+                coeffs = curve_coefficients(spec.kind, len(points), t)[0].to(dtype)
                 out = functional_forward(net, curve_point(points, coeffs), buffers, take(x, idx))
                 batch_loss = loss_fn(out, take(y, idx))
                 optimizer.zero_grad(set_to_none=True)
